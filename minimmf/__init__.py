@@ -1,0 +1,24 @@
+"""minimmf: the MatMul-free language model (Zhu et al., 2024) in NumPy and Numba.
+
+Public API::
+
+    model = minimmf.from_reference(config_dict, state_dict)   # released names and shapes
+    logits = model.forward(input_ids)                         # (B, T) -> (B, T, V)
+    loss, grads = model.loss_and_grads(input_ids, labels)
+    state = model.init_state(B); logits, state = model.step(token_ids, state)
+    minimmf.to_reference(model) / minimmf.to_reference(model, grads)
+"""
+import os as _os
+
+# OpenBLAS and Numba each keep a thread pool whose idle threads spin; on a 2-core machine the
+# two pools fight and small per-token work slows down ~100x. Let OpenBLAS's threads sleep soon.
+# (Takes effect only if NumPy has not been imported yet.)
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .config import ConfigError, MMfreeConfig                      # noqa: E402
+from .interop import from_reference, key_table, to_reference       # noqa: E402
+from .model import MMfreeLM, PackedMMfreeLM, State, init_params   # noqa: E402
+
+__all__ = ["ConfigError", "MMfreeConfig", "MMfreeLM", "PackedMMfreeLM", "State",
+           "from_reference", "init_params", "key_table", "to_reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,303 @@
+"""The MatMul-free language model: embedding, L blocks, final RMSNorm, ternary LM head.
+
+SPEC §5:
+    h = E[ids]                                   # (B, T, H), no positional encoding
+    lb = lower_bounds_forward(lower_bounds)      # (L, H) forget-gate floors
+    for l in range(L): h = block_l(h, lb[l] if l > 0 else None)
+    h = RMSNorm(h; w_final)
+    logits = BitLinear_head(h)                   # ternary, its own RMSNorm, NOT tied to E
+
+Parameter tree (minimmf's names; ``interop.py`` maps them to the released key names):
+
+    {"embeddings": (V, H), "lower_bounds": (L, H),
+     "layers": [{"attn_norm": (H,),
+                 "attn": {"i_proj", "f_proj", "g_proj", "o_proj": {"W": (H, H), "g": (H,)},
+                          "g_norm": (H,)},
+                 "mlp_norm": (H,),
+                 "mlp": {"gate_proj": {"W": (2I, H), "g": (H,)},
+                         "down_proj": {"W": (H, I), "g": (I,)}}}, ...],
+     "norm": (H,), "lm_head": {"W": (V, H), "g": (H,)}}
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import validate
+from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward, pack_bitlinear
+from .block import BlockCache, block_backward, block_forward
+from .config import MMfreeConfig
+from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .mlgru import LowerBoundCache, lower_bounds_backward, lower_bounds_forward
+from .tree import leaves, tree_map
+
+MLGRU_PROJECTIONS = ("i_proj", "f_proj", "g_proj", "o_proj")
+
+
+# ----------------------------------------------------------------------------- initialization
+
+def init_params(config: MMfreeConfig, seed: int = 0, dtype=np.float32) -> dict:
+    """The reference initialization (SPEC §6).
+
+    MLGRU projections (i, f, g, o): Xavier-uniform with gain 2**-2.5, i.e. U(-a, a) with
+    a = 2**-2.5 * sqrt(6 / (fan_in + fan_out)). Every other weight: N(0, 0.02). Norm gains 1,
+    ``lower_bounds`` 0.
+    """
+    c = config
+    rng = np.random.default_rng(seed)
+    H, I, V, L = c.hidden_size, c.I, c.vocab_size, c.num_hidden_layers
+    std = c.initializer_range
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * std).astype(dtype)
+
+    def xavier(out, inp):
+        a = 2 ** -2.5 * np.sqrt(6.0 / (inp + out))
+        return rng.uniform(-a, a, size=(out, inp)).astype(dtype)
+
+    def ones(n):
+        return np.ones(n, dtype=dtype)
+
+    layers = []
+    for _ in range(L):
+        attn = {name: {"W": xavier(H, H), "g": ones(H)} for name in MLGRU_PROJECTIONS}
+        attn["g_norm"] = ones(H)
+        mlp = {"gate_proj": {"W": normal(2 * I, H), "g": ones(H)},
+               "down_proj": {"W": normal(H, I), "g": ones(I)}}
+        layers.append({"attn_norm": ones(H), "attn": attn, "mlp_norm": ones(H), "mlp": mlp})
+    return {"embeddings": normal(V, H), "lower_bounds": np.zeros((L, H), dtype),
+            "layers": layers, "norm": ones(H), "lm_head": {"W": normal(V, H), "g": ones(H)}}
+
+
+def param_shapes(config: MMfreeConfig) -> dict:
+    """The tree of parameter shapes for a configuration (what ``init_params`` builds)."""
+    H, I, V, L = config.hidden_size, config.I, config.vocab_size, config.num_hidden_layers
+    bl = lambda o, i: {"W": (o, i), "g": (i,)}                       # noqa: E731
+    layer = {"attn_norm": (H,),
+             "attn": {**{n: bl(H, H) for n in MLGRU_PROJECTIONS}, "g_norm": (H,)},
+             "mlp_norm": (H,), "mlp": {"gate_proj": bl(2 * I, H), "down_proj": bl(H, I)}}
+    return {"embeddings": (V, H), "lower_bounds": (L, H), "layers": [layer] * L,
+            "norm": (H,), "lm_head": bl(V, H)}
+
+
+# ----------------------------------------------------------------------------- forward / backward
+
+class State(NamedTuple):
+    """The recurrent decoding state: one MLGRU hidden state per layer, each (B, H)."""
+    h: tuple
+
+
+class ModelCache(NamedTuple):
+    ids: np.ndarray                 # (B, T)
+    lower_bounds: LowerBoundCache | None
+    blocks: list                    # [BlockCache] * L
+    norm: RMSNormCache
+    lm_head: BitLinearCache
+    V: int
+
+
+def model_forward(params: dict, config: MMfreeConfig, ids: np.ndarray, state: State | None = None):
+    """Full-sequence forward. Returns (logits, cache, state_after).
+
+    Shapes: ids (B, T) int in [0, V) -> logits (B, T, V) in the dtype of the parameters.
+    ``state`` (optional) continues from an earlier call: feeding a sequence in pieces with the
+    state handed over gives the same logits as feeding it whole.
+    """
+    L = config.num_hidden_layers
+    h = params["embeddings"][ids]                                    # (B, T, H)
+    lb, c_lb = (lower_bounds_forward(params["lower_bounds"]) if config.use_lower_bound
+                else (None, None))
+    blocks, h_last = [], []
+    for l in range(L):
+        lb_l = lb[l] if (lb is not None and l > 0) else None         # layer 0 is never bounded
+        h0 = None if state is None else state.h[l]
+        h, c_block, hl = block_forward(h, params["layers"][l], lb_l, h0, config.rms_norm_eps)
+        blocks.append(c_block)
+        h_last.append(hl)
+    hn, c_norm = rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
+    logits, c_head = bitlinear_forward(hn, params["lm_head"])       # (B, T, V)
+    cache = ModelCache(ids, c_lb, blocks, c_norm, c_head, config.vocab_size)
+    return logits, cache, State(tuple(h_last))
+
+
+def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
+    """Backward of ``model_forward``: the gradient tree, shaped like the parameters."""
+    dhn, g_head = bitlinear_backward(dlogits, cache.lm_head)
+    dh, g_norm = rmsnorm_backward(dhn, cache.norm)
+    g_layers, dlb = [], []
+    for c_block in reversed(cache.blocks):                           # reverse order of the forward
+        dh, g_block, dlb_l, _ = block_backward(dh, c_block)
+        g_layers.append(g_block)
+        dlb.append(dlb_l)
+    g_layers.reverse()
+    dlb.reverse()
+    B, T, H = dh.shape
+    dE = np.zeros((cache.V, H), dtype=dh.dtype)
+    np.add.at(dE, cache.ids.reshape(-1), dh.reshape(-1, H))          # rows used several times sum
+    if cache.lower_bounds is None:
+        d_lower = np.zeros((len(cache.blocks), H), dtype=dh.dtype)
+    else:
+        dlb_full = np.stack([np.zeros(H, dh.dtype) if d is None else d for d in dlb])   # (L, H)
+        d_lower = lower_bounds_backward(dlb_full, cache.lower_bounds)
+    return {"embeddings": dE, "lower_bounds": d_lower, "layers": g_layers,
+            "norm": g_norm, "lm_head": g_head}
+
+
+# ----------------------------------------------------------------------------- the model object
+
+class MMfreeLM:
+    """A MatMul-free LM: a config and a parameter tree, with the public API.
+
+    ``forward(input_ids) -> logits``; ``loss_and_grads(input_ids, labels) -> (loss, grads)``;
+    ``init_state(B)`` and ``step(token_ids, state) -> (logits, state)`` for recurrent decoding;
+    ``pack()`` for integer inference on packed 2-bit weights.
+    """
+
+    def __init__(self, config: MMfreeConfig, params: dict):
+        check_params(params, config)
+        self.config = config
+        self.params = params
+
+    @classmethod
+    def init(cls, config: MMfreeConfig, seed: int = 0, dtype=np.float32) -> "MMfreeLM":
+        """A freshly initialized model (reference initialization, SPEC §6)."""
+        return cls(config, init_params(config, seed, dtype))
+
+    @property
+    def dtype(self):
+        return self.params["embeddings"].dtype
+
+    def num_params(self) -> int:
+        return sum(int(np.size(a)) for _, a in leaves(self.params))
+
+    # -- full sequences
+
+    def forward(self, input_ids) -> np.ndarray:
+        """Logits for every position. Shapes: input_ids (B, T) int -> (B, T, V)."""
+        return self.prefill(input_ids)[0]
+
+    def prefill(self, input_ids, state: State | None = None):
+        """Run a whole sequence (optionally continuing ``state``). Returns (logits (B, T, V), state)."""
+        ids = validate.token_ids(input_ids, self.config.vocab_size)
+        if state is not None:
+            self._check_state(state, ids.shape[0])
+        logits, _, new_state = model_forward(self._forward_params(), self.config, ids, state)
+        return logits, new_state
+
+    def loss_and_grads(self, input_ids, labels):
+        """Mean shifted cross-entropy and its gradient tree (keys and shapes of ``params``).
+
+        Position t predicts labels[t + 1]; labels equal to -100 are ignored.
+        """
+        ids = validate.token_ids(input_ids, self.config.vocab_size)
+        lab = validate.labels(labels, ids.shape, self.config.vocab_size)
+        logits, cache, _ = model_forward(self.params, self.config, ids)
+        loss, c_loss = cross_entropy_forward(logits, lab)
+        if not np.isfinite(loss):
+            check_params(self.params, self.config)   # names the bad parameter if there is one
+            raise FloatingPointError(f"loss is {loss}: the forward pass overflowed")
+        grads = model_backward(cross_entropy_backward(c_loss), cache)
+        return loss, grads
+
+    def loss(self, input_ids, labels) -> float:
+        """Mean shifted cross-entropy, without gradients."""
+        ids = validate.token_ids(input_ids, self.config.vocab_size)
+        lab = validate.labels(labels, ids.shape, self.config.vocab_size)
+        logits, _, _ = model_forward(self._forward_params(), self.config, ids)
+        return cross_entropy_forward(logits, lab)[0]
+
+    # -- recurrent decoding
+
+    def init_state(self, batch_size: int) -> State:
+        """The empty state: every layer's MLGRU hidden state is zero, (B, H)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        H = self.config.hidden_size
+        return State(tuple(np.zeros((batch_size, H), self.dtype)
+                           for _ in range(self.config.num_hidden_layers)))
+
+    def step(self, token_ids, state: State):
+        """Feed one token per sequence. Returns (logits (B, V), new state); ``state`` is not changed.
+
+        Repeated steps give the same logits as ``forward`` on the whole sequence.
+        """
+        ids = validate.token_ids(token_ids, self.config.vocab_size, "token_ids", ndim=1)
+        self._check_state(state, ids.shape[0])
+        logits, _, new_state = model_forward(self._forward_params(), self.config, ids[:, None], state)
+        return logits[:, 0], new_state
+
+    def _check_state(self, state, B: int):
+        L, H = self.config.num_hidden_layers, self.config.hidden_size
+        if not isinstance(state, State) or len(state.h) != L:
+            raise ValueError(f"state must be a State with {L} layers, as returned by init_state() "
+                             f"or step()")
+        if any(np.shape(h) != (B, H) for h in state.h):
+            raise ValueError(f"state holds arrays of shape {np.shape(state.h[0])}, expected ({B}, {H}) "
+                             f"for a batch of {B}: use init_state({B})")
+
+    # -- packed integer inference
+
+    def _forward_params(self) -> dict:
+        return self.params
+
+    def pack(self) -> "PackedMMfreeLM":
+        """A copy for inference whose BitLinears hold packed 2-bit codes and one scale each."""
+        return PackedMMfreeLM(self.config, self.params)
+
+
+class PackedMMfreeLM(MMfreeLM):
+    """Inference-only model: every BitLinear runs RMSNorm -> int8 codes -> add/sub kernel -> rescale.
+
+    Same ``forward``, ``prefill``, ``init_state`` and ``step`` as ``MMfreeLM``, and the same
+    logits (the integer products are exact either way). No float weight matrices are kept.
+    """
+
+    def __init__(self, config: MMfreeConfig, params: dict):
+        check_params(params, config)
+        self.config = config
+        self.params = _pack_tree(params)
+        self._num_params = sum(int(np.size(a)) for _, a in leaves(params))
+
+    @property
+    def dtype(self):
+        return self.params["embeddings"].dtype
+
+    def num_params(self) -> int:
+        return self._num_params
+
+    def loss_and_grads(self, input_ids, labels):
+        raise TypeError("a packed model is for inference only: train the float model "
+                        "(MMfreeLM) and call pack() afterwards")
+
+    def pack(self) -> "PackedMMfreeLM":
+        return self
+
+
+def _pack_tree(params):
+    """Replace every BitLinear {"W", "g"} in the tree by a PackedBitLinear."""
+    if isinstance(params, dict):
+        if set(params) == {"W", "g"}:
+            return pack_bitlinear(params)
+        return {k: _pack_tree(v) for k, v in params.items()}
+    if isinstance(params, list):
+        return [_pack_tree(v) for v in params]
+    return params
+
+
+def check_params(params: dict, config: MMfreeConfig) -> None:
+    """Every parameter present, with the shape the config implies, floating and finite."""
+    shapes = dict(leaves(param_shapes(config)))
+    have = dict(leaves(params)) if isinstance(params, dict) else {}
+    missing = sorted(set(shapes) - set(have))
+    extra = sorted(set(have) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"parameter tree does not match the config: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    dtypes = set()
+    for path, shape in shapes.items():
+        validate.finite_array(have[path], f"parameter {path}", shape)
+        dtypes.add(np.asarray(have[path]).dtype)
+    if len(dtypes) > 1:
+        raise ValueError(f"parameters mix dtypes {sorted(map(str, dtypes))}; cast them to one dtype")
