@@ -1,0 +1,48 @@
+"""Test settings shared by every test file: hypothesis profiles and the golden fixture."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# deadline=None: a Numba kernel's first call compiles, which no per-example deadline survives.
+settings.register_profile("default", deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow])
+# Without the JIT every kernel runs as plain Python: fewer examples keep the second pass short.
+settings.register_profile("nojit", deadline=None, max_examples=6,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", deadline=None, max_examples=300,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
+                                     "nojit" if os.environ.get("NUMBA_DISABLE_JIT") == "1" else "default"))
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class Golden:
+    """The released reference code's outputs on case A (see tests/fixtures/README.md)."""
+
+    def __init__(self, path: Path):
+        self.z = np.load(path)
+        self.config = json.loads(str(self.z["config_json"]))
+        self.meta = json.loads(str(self.z["meta_json"]))
+        self.state_dict = {k[len("param/"):]: self.z[k] for k in self.z.files if k.startswith("param/")}
+
+    def __getitem__(self, key):
+        return self.z[key]
+
+    def keys(self):
+        return self.z.files
+
+
+@pytest.fixture(scope="session")
+def golden() -> Golden:
+    return Golden(FIXTURES / "official_A.npz")
+
+
+@pytest.fixture(scope="session")
+def golden_model(golden):
+    import minimmf
+    return minimmf.from_reference(golden.config, golden.state_dict)
