@@ -1,0 +1,30 @@
+"""Fast kernels, each beside its plain-NumPy reference: ternary products (ternary.py) and the MLGRU scan (scan.py).
+
+``_numba`` is imported first so that its Numba settings apply before any kernel compiles.
+"""
+
+from . import _numba  # noqa: F401  (must come first)
+from .scan import scan_backward, scan_backward_ref, scan_forward, scan_forward_ref
+from .ternary import (
+    PackedTernary,
+    float_ternary_matmul,
+    float_ternary_matmul_ref,
+    pack_ternary,
+    ternary_matmul,
+    ternary_matmul_ref,
+    unpack_ternary,
+)
+
+__all__ = [
+    "PackedTernary",
+    "pack_ternary",
+    "unpack_ternary",
+    "ternary_matmul_ref",
+    "ternary_matmul",
+    "float_ternary_matmul_ref",
+    "float_ternary_matmul",
+    "scan_forward_ref",
+    "scan_forward",
+    "scan_backward_ref",
+    "scan_backward",
+]
