@@ -10,25 +10,31 @@ from __future__ import annotations
 import numpy as np
 
 from .config import MMfreeConfig
-from .model import MLGRU_PROJECTIONS, MMfreeLM, param_shapes
+from .model import MMfreeLM, param_shapes
 from .tree import leaves
 
 
 def key_table(config: MMfreeConfig) -> dict[str, str]:
     """{minimmf path: released key}, e.g. 'layers.0.attn.f_proj.W' -> 'model.layers.0.attn.f_proj.weight'."""
-    table = {"embeddings": "model.embeddings.weight",
-             "lower_bounds": "model.lower_bounds",
-             "norm": "model.norm.weight",
-             "lm_head.W": "lm_head.weight",
-             "lm_head.g": "lm_head.norm.weight"}
+    table = {"lower_bounds": "model.lower_bounds",            # in the released state-dict order
+             "embeddings": "model.embeddings.weight"}
+
+    def bitlinear(ours, theirs):
+        table[ours + ".W"] = theirs + ".weight"        # latent float weights
+        table[ours + ".g"] = theirs + ".norm.weight"   # BitLinear's own RMSNorm gain
+
     for l in range(config.num_hidden_layers):
         ours, theirs = f"layers.{l}.", f"model.layers.{l}."
         table[ours + "attn_norm"] = theirs + "attn_norm.weight"
-        table[ours + "mlp_norm"] = theirs + "mlp_norm.weight"
+        for proj in ("i_proj", "f_proj", "g_proj"):
+            bitlinear(ours + "attn." + proj, theirs + "attn." + proj)
         table[ours + "attn.g_norm"] = theirs + "attn.g_norm.weight"
-        for proj in (*(f"attn.{p}" for p in MLGRU_PROJECTIONS), "mlp.gate_proj", "mlp.down_proj"):
-            table[ours + proj + ".W"] = theirs + proj + ".weight"        # latent float weights
-            table[ours + proj + ".g"] = theirs + proj + ".norm.weight"   # BitLinear's RMSNorm gain
+        bitlinear(ours + "attn.o_proj", theirs + "attn.o_proj")
+        table[ours + "mlp_norm"] = theirs + "mlp_norm.weight"
+        bitlinear(ours + "mlp.gate_proj", theirs + "mlp.gate_proj")
+        bitlinear(ours + "mlp.down_proj", theirs + "mlp.down_proj")
+    table["norm"] = "model.norm.weight"
+    bitlinear("lm_head", "lm_head")
     return table
 
 
