@@ -28,7 +28,8 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     ``np.round`` would give 0 and -2 (ties to even); the reference GPU kernel uses
     round-half-away-from-zero, so minimmf does too.
     """
-    return np.copysign(np.floor(np.abs(x) + 0.5), x)
+    a = np.abs(x)                       # not floor(a + 0.5): that sum rounds up for the float just
+    return np.copysign(np.floor(a) + (a - np.floor(a) >= 0.5), x)   # below 1/2 and for odd a >= 2**mant
 
 
 def weight_quant(W: np.ndarray) -> tuple[np.ndarray, np.floating]:
