@@ -39,3 +39,44 @@ def token_batches(draw, vocab_size, max_B=3, max_T=8):
     T = draw(st.integers(1, max_T))
     rng = np.random.default_rng(draw(seeds()))
     return rng.integers(0, vocab_size, size=(B, T))
+
+
+# ----------------------------------------------------------------------------- layer parameters
+# (appended for test_quant / test_bitlinear / test_mlgru / test_glu / test_block)
+
+def pow2_exponents(lo=-12, hi=12):
+    """Exponents k of exact rescalings by 2**k: multiplying by a power of two never rounds."""
+    return st.integers(lo, hi)
+
+
+@st.composite
+def gaussian_arrays(draw, shape, dtype=np.float64, scale=1.0):
+    """A Gaussian array from a drawn seed (no ties, no zeros with probability 1)."""
+    return rng_arrays(draw, shape, dtype, scale)
+
+
+def random_bitlinear_params(rng, O, I, dtype=np.float64):
+    """BitLinear params {"W": (O, I), "g": (I,)}: latent weights N(0, 0.5), gains 1 + 0.1 N(0, 1)."""
+    return {"W": (0.5 * rng.standard_normal((O, I))).astype(dtype),
+            "g": (1.0 + 0.1 * rng.standard_normal(I)).astype(dtype)}
+
+
+def random_mlgru_params(rng, H, dtype=np.float64):
+    """MLGRU params: four (H, H) BitLinears and the g_norm gain."""
+    p = {name: random_bitlinear_params(rng, H, H, dtype)
+         for name in ("i_proj", "f_proj", "g_proj", "o_proj")}
+    p["g_norm"] = (1.0 + 0.1 * rng.standard_normal(H)).astype(dtype)
+    return p
+
+
+def random_glu_params(rng, H, I, dtype=np.float64):
+    """GLU params: gate_proj (2I, H) and down_proj (H, I)."""
+    return {"gate_proj": random_bitlinear_params(rng, 2 * I, H, dtype),
+            "down_proj": random_bitlinear_params(rng, H, I, dtype)}
+
+
+def random_block_params(rng, H, I, dtype=np.float64):
+    """Block params: attn_norm, MLGRU, mlp_norm, GLU."""
+    gain = lambda: (1.0 + 0.1 * rng.standard_normal(H)).astype(dtype)   # noqa: E731
+    return {"attn_norm": gain(), "attn": random_mlgru_params(rng, H, dtype),
+            "mlp_norm": gain(), "mlp": random_glu_params(rng, H, I, dtype)}
