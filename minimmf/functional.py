@@ -47,9 +47,11 @@ def rmsnorm_backward(dy: np.ndarray, cache: RMSNormCache):
 # ----------------------------------------------------------------------------- activations
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x) = 1 / (1 + e^-x), computed without overflow for large |x|."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    """σ(x) = 1 / (1 + e^-x), computed without overflow for large |x| (and with full relative
+    precision for very negative x, where σ is tiny)."""
+    e = np.exp(-np.abs(x))                       # in (0, 1]: never overflows
+    r = 1.0 / (1.0 + e)
+    return np.where(x >= 0, r, e * r)
 
 
 def sigmoid_backward(dy: np.ndarray, s: np.ndarray) -> np.ndarray:
