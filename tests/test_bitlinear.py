@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from goldencheck import assert_close_to_max, golden_bitlinear_params
 from gradcheck import assert_grad_close, numerical_grad, ste_surrogate
 from minimmf.bitlinear import (PackedBitLinear, bitlinear_backward, bitlinear_forward,
                                bitlinear_packed_forward, pack_bitlinear)
@@ -18,11 +19,6 @@ pytestmark = pytest.mark.jit
 GOLDEN_BITLINEARS = ([f"model.layers.{l}.attn.{p}_proj" for l in (0, 1) for p in "ifgo"]
                      + [f"model.layers.{l}.mlp.{p}_proj" for l in (0, 1) for p in ("gate", "down")]
                      + ["lm_head"])
-
-
-def golden_bitlinear_params(golden, module):
-    """minimmf's {"W", "g"} straight from the released key names (no interop code involved)."""
-    return {"W": golden[f"param/{module}.weight"], "g": golden[f"param/{module}.norm.weight"]}
 
 
 # ----------------------------------------------------------------------------- an independent float64 BitLinear
@@ -65,10 +61,8 @@ def test_bitlinear_reproduces_every_golden_projection(golden, module):
     """Teacher-forced: act/<module>.in through bitlinear_forward gives act/<module>.out within 1e-5 of max."""
     x = golden[f"act/{module}.in"]
     y, _ = bitlinear_forward(x, golden_bitlinear_params(golden, module))
-    expected = golden[f"act/{module}.out"]
-    assert y.dtype == np.float32 and y.shape == expected.shape
-    err = np.max(np.abs(y - expected))
-    assert err <= 1e-5 * np.max(np.abs(expected)), f"{module}: max error {err:.3e}"
+    assert y.dtype == np.float32
+    assert_close_to_max(y, golden[f"act/{module}.out"], module)
 
 
 @given(bitlinear_cases())
@@ -119,8 +113,7 @@ def test_packed_bitlinear_equals_the_float_path_bit_for_bit(case, I):
 def test_packed_bitlinear_reproduces_the_golden_projection(golden, module):
     """The packed integer path also matches the reference's act/<module>.out within 1e-5 of max."""
     y = bitlinear_packed_forward(golden[f"act/{module}.in"], pack_bitlinear(golden_bitlinear_params(golden, module)))
-    expected = golden[f"act/{module}.out"]
-    assert np.max(np.abs(y - expected)) <= 1e-5 * np.max(np.abs(expected))
+    assert_close_to_max(y, golden[f"act/{module}.out"], f"{module} (packed)")
 
 
 @pytest.mark.parametrize("lead", [(2, 3), (5,), (1,)])

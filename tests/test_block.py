@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from goldencheck import assert_close_to_max, golden_block_params
 from gradcheck import assert_grad_close, numerical_grad, ste_surrogate
 from minimmf.block import block_backward, block_forward
 from minimmf.mlgru import lower_bounds_forward
@@ -11,24 +12,6 @@ from minimmf.tree import leaves
 from strategies import random_block_params, seeds
 
 pytestmark = pytest.mark.jit
-
-
-def golden_block_params(golden, l):
-    """minimmf's block params for layer l, straight from the released key names."""
-    pre = f"param/model.layers.{l}"
-    bl = lambda name: {"W": golden[f"{pre}.{name}.weight"], "g": golden[f"{pre}.{name}.norm.weight"]}  # noqa: E731
-    attn = {name: bl(f"attn.{name}") for name in ("i_proj", "f_proj", "g_proj", "o_proj")}
-    attn["g_norm"] = golden[f"{pre}.attn.g_norm.weight"]
-    return {"attn_norm": golden[f"{pre}.attn_norm.weight"], "attn": attn,
-            "mlp_norm": golden[f"{pre}.mlp_norm.weight"],
-            "mlp": {"gate_proj": bl("mlp.gate_proj"), "down_proj": bl("mlp.down_proj")}}
-
-
-def assert_close_to_max(actual, expected, name, rtol=1e-5):
-    """Per-op golden tolerance: |actual - expected| <= rtol * max|expected|."""
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-    assert err <= rtol * np.max(np.abs(expected)), f"{name}: max error {err:.3e}"
 
 
 @pytest.mark.parametrize("l", [0, 1])

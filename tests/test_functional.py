@@ -8,16 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from goldencheck import assert_close_to_max
 from gradcheck import assert_grad_close, numerical_grad
 from minimmf.functional import (rmsnorm_backward, rmsnorm_forward, sigmoid, sigmoid_backward, silu,
                                 silu_backward)
 from strategies import float_arrays, gaussian_arrays
-
-
-def assert_close_to_max(actual, expected, name, rtol=1e-5):
-    """Per-op golden tolerance: |actual - expected| <= rtol * max|expected|."""
-    err = np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-    assert err <= rtol * np.max(np.abs(expected)), f"{name}: max error {err:.3e}"
 
 
 def rmsnorm_loop(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from goldencheck import assert_close_to_max, golden_glu_params
 from gradcheck import assert_grad_close, numerical_grad, ste_surrogate
 from minimmf.bitlinear import bitlinear_forward
 from minimmf.functional import silu
@@ -14,20 +15,6 @@ from minimmf.tree import leaves
 from strategies import random_glu_params
 
 pytestmark = pytest.mark.jit
-
-
-def golden_glu_params(golden, l):
-    """minimmf's GLU params for layer l, straight from the released key names."""
-    pre = f"param/model.layers.{l}.mlp"
-    return {name: {"W": golden[f"{pre}.{name}.weight"], "g": golden[f"{pre}.{name}.norm.weight"]}
-            for name in ("gate_proj", "down_proj")}
-
-
-def assert_close_to_max(actual, expected, name, rtol=1e-5):
-    """Per-op golden tolerance: |actual - expected| <= rtol * max|expected|."""
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-    assert err <= rtol * np.max(np.abs(expected)), f"{name}: max error {err:.3e}"
 
 
 # ----------------------------------------------------------------------------- intermediate size
@@ -42,7 +29,8 @@ def test_intermediate_size_matches_the_released_checkpoints(model, H, I):
 def test_intermediate_size_of_the_golden_model_is_256(golden):
     """Case A (H = 64, intermediate_size null) has W_gate (2I, H) = (512, 64): I = 256."""
     assert golden.config["intermediate_size"] is None
-    assert intermediate_size_for(golden.config["hidden_size"]) * 2 == golden["param/model.layers.0.mlp.gate_proj.weight"].shape[0]
+    two_I = golden["param/model.layers.0.mlp.gate_proj.weight"].shape[0]
+    assert intermediate_size_for(golden.config["hidden_size"]) * 2 == two_I == 512
 
 
 @given(st.integers(1, 10_000), st.integers(1, 8))

@@ -60,7 +60,7 @@ def test_cross_entropy_of_float32_logits_is_accurate(case):
 
 @given(ce_cases(), st.data())
 def test_positions_with_label_minus_100_and_the_last_position_are_ignored(case, data):
-    """Changing the logits of unscored positions (label[t+1] = -100, or t = T-1) changes neither loss nor gradient elsewhere."""
+    """Logits of unscored positions (labels[t+1] = -100, or t = T-1) change neither the loss nor the gradient."""
     logits, labels = case
     loss, cache = cross_entropy_forward(logits, labels)
     dlogits = cross_entropy_backward(cache)

@@ -1,9 +1,10 @@
-"""The MLGRU token mixer (SPEC §3): golden per-op, the recurrence, causality, state hand-off, lower bounds, gradients."""
+"""The MLGRU token mixer (SPEC §3): golden per-op, recurrence, causality, state hand-off, lower bounds, gradients."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from goldencheck import assert_close_to_max, golden_mlgru_params, heads_to_channels
 from gradcheck import assert_grad_close, numerical_grad, ste_surrogate
 from minimmf.bitlinear import bitlinear_forward
 from minimmf.kernels.scan import scan_forward
@@ -13,34 +14,9 @@ from strategies import gaussian_arrays, random_mlgru_params, seeds
 
 pytestmark = pytest.mark.jit
 
-PROJECTIONS = ("i_proj", "f_proj", "g_proj", "o_proj")
-
-
-def golden_mlgru_params(golden, l):
-    """minimmf's MLGRU params for layer l, straight from the released key names."""
-    pre = f"param/model.layers.{l}.attn"
-    p = {name: {"W": golden[f"{pre}.{name}.weight"], "g": golden[f"{pre}.{name}.norm.weight"]}
-         for name in PROJECTIONS}
-    p["g_norm"] = golden[f"{pre}.g_norm.weight"]
-    return p
-
-
-def heads_to_channels(a):
-    """[B, nh, T, hd] (the reference's layout) -> [B, T, nh * hd]; [B, nh, hd] -> [B, nh * hd]."""
-    if a.ndim == 3:
-        return a.reshape(a.shape[0], -1)
-    B, nh, T, hd = a.shape
-    return a.transpose(0, 2, 1, 3).reshape(B, T, nh * hd)
-
-
-def assert_close_to_max(actual, expected, name, rtol=1e-5):
-    """Per-op golden tolerance: |actual - expected| <= rtol * max|expected|."""
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-    assert err <= rtol * np.max(np.abs(expected)), f"{name}: max error {err:.3e}"
-
 
 def silu64(v):
+    """Independent SiLU in float64: v / (1 + e^-v)."""
     v = v.astype(np.float64)
     return v / (1.0 + np.exp(-v))
 

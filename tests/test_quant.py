@@ -7,6 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from goldencheck import assert_close_to_max
 from minimmf.functional import rmsnorm_forward
 from minimmf.quant import (activation_quant, activation_quant_dequant, round_half_away, weight_quant,
                            weight_quant_dequant)
@@ -20,13 +21,6 @@ def decimal_round_half_away(v: float) -> int:
     """Independent rounding: the exact decimal value of the float, |v| rounded half up, sign put back."""
     r = int(abs(Decimal(float(v))).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     return -r if v < 0 else r
-
-
-def assert_close_to_max(actual, expected, name, rtol=1e-5):
-    """Per-op golden tolerance: |actual - expected| <= rtol * max|expected| (README of the golden file)."""
-    err = np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-    assert err <= rtol * np.max(np.abs(expected)), f"{name}: max error {err:.3e} vs max |value| " \
-                                                   f"{np.max(np.abs(expected)):.3e}"
 
 
 # ----------------------------------------------------------------------------- rounding
@@ -59,10 +53,8 @@ def test_round_half_away_differs_from_numpy_round_half_to_even():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_round_half_away_does_not_round_the_float_just_below_a_half_up(dtype):
-    """The largest float below 1/2 rounds to 0, and an integer too big for +1/2 stays itself.
-
-    (The naive floor(|v| + 0.5) gets both wrong: the sum rounds up to 1.0, or to the next even integer.)
-    """
+    """The largest float below 1/2 rounds to 0, and an odd integer too big for |v| + 1/2 stays itself."""
+    # the naive floor(|v| + 0.5) gets both wrong: the sum rounds up to 1.0, or to the next even integer
     below_half = np.nextafter(dtype(0.5), dtype(0))
     big_odd = dtype(2 ** (np.finfo(dtype).nmant) + 1)          # 2**23 + 1 or 2**52 + 1, exact
     x = np.array([below_half, -below_half, big_odd, -big_odd], dtype=dtype)
