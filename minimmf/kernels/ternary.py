@@ -160,26 +160,25 @@ def _dot_packed_row(x, w, nblocks, acc):
     return total
 
 
-ROWS_PER_TILE = 16  # a work item is a tile of 16 output rows x 16 tokens: one int16 scratch per 256 dots
-TOKENS_PER_TILE = 16
+ROWS_PER_TILE = 16  # a work item is (one token, 16 output rows): one int16 scratch allocation per 16 dots
 
 
 @njit(inline="always")
 def _ternary_tile(xp, codes, out, item, ntiles, nblocks):
-    n0 = (item // ntiles) * TOKENS_PER_TILE
+    # (A second loop over several tokens per item was measured 1.5-2.8x slower: LLVM vectorised it worse.)
+    n = item // ntiles
     o0 = (item % ntiles) * ROWS_PER_TILE
     acc = np.zeros(32, np.int16)
-    for n in range(n0, min(n0 + TOKENS_PER_TILE, xp.shape[0])):
-        x = xp[n]
-        for o in range(o0, min(o0 + ROWS_PER_TILE, codes.shape[0])):
-            out[n, o] = _dot_packed_row(x, codes[o], nblocks, acc)
+    x = xp[n]
+    for o in range(o0, min(o0 + ROWS_PER_TILE, codes.shape[0])):
+        out[n, o] = _dot_packed_row(x, codes[o], nblocks, acc)
 
 
 @njit(parallel=True, cache=True)
 def _ternary_matmul_parallel(xp, codes, out, nblocks):
-    """Work items (16 tokens x 16 output rows), split over threads."""
+    """Work items (token n, tile of 16 output rows), split over threads."""
     ntiles = (codes.shape[0] + ROWS_PER_TILE - 1) // ROWS_PER_TILE
-    for item in prange(((xp.shape[0] + TOKENS_PER_TILE - 1) // TOKENS_PER_TILE) * ntiles):
+    for item in prange(xp.shape[0] * ntiles):
         _ternary_tile(xp, codes, out, item, ntiles, nblocks)
 
 
@@ -187,7 +186,7 @@ def _ternary_matmul_parallel(xp, codes, out, nblocks):
 def _ternary_matmul_serial(xp, codes, out, nblocks):
     """Same work on one thread: for tiny products a prange launch costs more than the work."""
     ntiles = (codes.shape[0] + ROWS_PER_TILE - 1) // ROWS_PER_TILE
-    for item in range(((xp.shape[0] + TOKENS_PER_TILE - 1) // TOKENS_PER_TILE) * ntiles):
+    for item in range(xp.shape[0] * ntiles):
         _ternary_tile(xp, codes, out, item, ntiles, nblocks)
 
 
