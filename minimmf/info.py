@@ -1,0 +1,46 @@
+"""``minimmf info``: what is in a checkpoint, in a few lines."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .quant import weight_quant
+from .tree import leaves
+
+
+def code_statistics(model) -> list[tuple[str, float, float, float]]:
+    """(path, fraction of -1, of 0, of +1) for every ternary weight matrix."""
+    rows = []
+    for path, W in leaves(model.params):
+        if path.endswith(".W"):
+            q, _ = weight_quant(W)
+            n = q.size
+            rows.append((path[:-2], np.count_nonzero(q == -1) / n, np.count_nonzero(q == 0) / n,
+                         np.count_nonzero(q == 1) / n))
+    return rows
+
+
+def describe(path) -> str:
+    ck = load_checkpoint(path, with_optimizer=False)
+    c, m = ck.model.config, ck.model
+    size = sum(f.stat().st_size for f in Path(ck.path).iterdir() if f.is_file())
+    ternary = sum(W.size for p, W in leaves(m.params) if p.endswith(".W"))
+    lines = [f"checkpoint: {ck.path}",
+             f"model: L={c.num_hidden_layers} H={c.hidden_size} I={c.I} V={c.vocab_size} "
+             f"heads={c.num_heads} lower bounds={'on' if c.use_lower_bound else 'off'}",
+             f"parameters: {m.num_params():,} ({ternary:,} ternary, {m.num_params() - ternary:,} float)",
+             f"size on disk: {size / 1e6:.2f} MB (float32 latent weights); packed 2-bit ternary weights "
+             f"would take {ternary / 4 / 1e6:.2f} MB",
+             f"tokenizer: {ck.tokenizer.kind + ', ' + str(ck.tokenizer.vocab_size) + ' tokens' if ck.tokenizer else 'none'}"]
+    t = ck.trainer
+    if t:
+        lines.append(f"training: step {t.get('step')}, {t.get('tokens', 0):,} tokens, "
+                     f"{t.get('seconds', 0):.0f} s, data {t.get('data_source')}")
+    stats = code_statistics(m)
+    allz = sum(z * 1 for _, _, z, _ in stats) / max(len(stats), 1)
+    lines.append(f"ternary codes (fraction -1 / 0 / +1 per matrix; mean zero fraction {allz:.3f}):")
+    for name, neg, zero, pos in stats:
+        lines.append(f"  {name:32s} {neg:6.3f} {zero:6.3f} {pos:6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""Training: metrics and files written, bit-identical resume (also after a real Ctrl-C), the
+learning-rate recipe, and clear errors before any work is wasted."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from minimmf.checkpoint import load_checkpoint
+from minimmf.demo import own_source_bytes
+from minimmf.train import TrainConfig, learning_rate, train
+from minimmf.tree import leaves
+
+SMALL = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char",
+                    seq_len=16, batch_size=4, lr=3e-3, warmup_steps=3, steps=8, minutes=None,
+                    eval_every=4, eval_windows=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_bytes(own_source_bytes().tobytes()[:40_000])
+    return path
+
+
+def assert_same_params(a, b):
+    for (ka, va), (kb, vb) in zip(leaves(a), leaves(b)):
+        assert ka == kb
+        np.testing.assert_array_equal(va, vb, err_msg=ka)
+
+
+def test_training_writes_metrics_checkpoint_and_plot(tmp_path, corpus):
+    """Each evaluation appends a JSON line with the documented fields; checkpoint and plot exist."""
+    r = train(SMALL, tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs] == [4, 8]
+    for x in recs:
+        assert {"step", "tokens", "seconds", "train_loss", "val_loss", "val_bpc"} <= set(x)
+        assert x["tokens"] == x["step"] * SMALL.batch_size * SMALL.seq_len
+    assert recs[1]["seconds"] >= recs[0]["seconds"] > 0
+    assert r.val_loss == recs[-1]["val_loss"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert load_checkpoint(tmp_path).trainer["step"] == 8
+
+
+def test_bits_per_character_is_nats_per_token_converted(tmp_path, corpus):
+    """val_bpc = val_loss / ln 2 / (characters per validation token); for characters that is val_loss / ln 2."""
+    r = train(SMALL, tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    assert r.val_bpc == pytest.approx(r.val_loss / math.log(2), rel=1e-12)
+
+
+def test_same_seed_gives_a_bit_identical_run(tmp_path, corpus):
+    """Two runs with the same settings end with exactly the same parameters."""
+    train(SMALL, tmp_path / "a", data=corpus, progress=False, log=lambda *a: None)
+    train(SMALL, tmp_path / "b", data=corpus, progress=False, log=lambda *a: None)
+    assert_same_params(load_checkpoint(tmp_path / "a").model.params,
+                       load_checkpoint(tmp_path / "b").model.params)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus):
+    """Stopping at step 3 and resuming to step 8 gives exactly the uninterrupted run's state."""
+    train(SMALL, tmp_path / "full", data=corpus, progress=False, log=lambda *a: None)
+    train(SMALL, tmp_path / "cut", data=corpus, progress=False, log=lambda *a: None, stop_after=3)
+    assert load_checkpoint(tmp_path / "cut").trainer["step"] == 3
+    train(SMALL, tmp_path / "cut", data=corpus, resume=True, progress=False, log=lambda *a: None)
+    full, cut = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert cut.trainer["step"] == 8
+    assert_same_params(full.model.params, cut.model.params)
+    assert_same_params(full.optimizer.m, cut.optimizer.m)
+    assert_same_params(full.optimizer.v, cut.optimizer.v)
+
+
+CLI = [sys.executable, "-m", "minimmf", "train", "--tokenizer", "char", "--hidden-size", "16",
+       "--layers", "1", "--seq-len", "16", "--batch-size", "4", "--eval-every", "5",
+       "--steps", "400", "--seed", "3", "--no-progress", "--sample-tokens", "0"]
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus):
+    """A real SIGINT mid-run saves at a step boundary; resuming ends bit-identical to an uninterrupted run."""
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(CLI + ["--data", str(corpus), "--out", str(cut)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (cut / "checkpoint").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "--resume" in out + err
+    step = load_checkpoint(cut).trainer["step"]
+    assert 5 <= step < 400
+    subprocess.run(CLI + ["--data", str(corpus), "--out", str(cut), "--resume"], check=True,
+                   capture_output=True)
+    subprocess.run(CLI + ["--data", str(corpus), "--out", str(tmp_path / "full")], check=True,
+                   capture_output=True)
+    assert_same_params(load_checkpoint(cut).model.params, load_checkpoint(tmp_path / "full").model.params)
+
+
+def test_learning_rate_recipe():
+    """Linear warm-up, cosine decay to min_lr_ratio, and the rate halved from the midpoint on."""
+    cfg = TrainConfig(lr=4e-3, warmup_steps=10, min_lr_ratio=0.1, steps=100)
+    assert learning_rate(5, 0.05, cfg) == pytest.approx(4e-3 * 0.5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.05))))
+    before = learning_rate(49, 0.49, cfg)
+    after = learning_rate(50, 0.50, cfg)
+    assert after == pytest.approx(0.5 * 4e-3 * (0.1 + 0.9 * 0.5), rel=1e-12)
+    assert 0.45 < after / before < 0.55
+    assert learning_rate(100, 1.0, cfg) == pytest.approx(0.5 * 4e-3 * 0.1)
+    assert learning_rate(100, 1.0, replace(cfg, halve_lr_midway=False)) == pytest.approx(4e-3 * 0.1)
+
+
+@pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", 5.0), ("steps", 0), ("seq_len", 0),
+                                          ("batch_size", -3), ("tokenizer", "words"), ("minutes", -1.0),
+                                          ("weight_decay", 2.0), ("seq_len", 10**7)])
+def test_absurd_hyperparameters_are_refused(field, value):
+    """Out-of-range settings raise ValueError naming the setting before anything runs."""
+    with pytest.raises(ValueError, match=field):
+        replace(SMALL, **{field: value})
+
+
+def test_corpus_smaller_than_one_batch_is_refused(tmp_path):
+    """A corpus shorter than one training window gives a clear error and writes no checkpoint."""
+    small = tmp_path / "small.txt"
+    small.write_text("to be or not to be\n" * 3)
+    with pytest.raises(ValueError, match="corpus too small"):
+        train(replace(SMALL, seq_len=64), tmp_path / "out", data=small, progress=False, log=lambda *a: None)
+    assert not (tmp_path / "out" / "checkpoint").exists()
+
+
+def test_unwritable_output_directory_is_refused(tmp_path, corpus):
+    """An output directory that cannot be written is reported before training starts."""
+    if os.geteuid() == 0:
+        target = "/proc/minimmf-out"             # even root cannot create directories in /proc
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "out"
+    with pytest.raises(ValueError, match="not writable"):
+        train(SMALL, target, data=corpus, progress=False, log=lambda *a: None)
+
+
+def test_resume_with_another_corpus_is_refused(tmp_path, corpus):
+    """Resuming on different data would silently change the run, so it is an error."""
+    train(replace(SMALL, steps=4), tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[::-1])
+    with pytest.raises(ValueError, match="corpus"):
+        train(SMALL, tmp_path, data=other, resume=True, progress=False, log=lambda *a: None)
