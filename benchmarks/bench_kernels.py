@@ -1,6 +1,6 @@
 """Benchmark minimmf's kernels against NumPy/BLAS, side by side in one run (see benchmarks/README.md).
 
-    python benchmarks/bench_kernels.py [--json PATH]
+    python benchmarks/bench_kernels.py [--json PATH] [--only decode training scan compile]
 
 1. decode: packed ternary matvec (N = 1) vs NumPy float32 matvec of the same matrix, hot and from DRAM,
    with 1 and 2 threads; and a thread sweep checking that 2 threads are never slower than 1.
@@ -310,6 +310,8 @@ def bench_compile():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
+    ap.add_argument("--only", nargs="+", choices=["decode", "training", "scan", "compile"],
+                    help="run only these sections (default: all)")
     args = ap.parse_args()
     info = header()
     t0 = time.perf_counter()
@@ -318,10 +320,10 @@ def main():
     print("# minimmf kernel benchmark\n")
     for k, v in info.items():
         print(f"- {k}: {v}")
-    bench_decode()
-    bench_training()
-    bench_scan()
-    bench_compile()
+    sections = {"decode": bench_decode, "training": bench_training, "scan": bench_scan, "compile": bench_compile}
+    for name, fn in sections.items():
+        if args.only is None or name in args.only:
+            fn()
     RESULTS["wall_s"] = time.perf_counter() - t0
     RESULTS["env"]["load_average_at_end"] = os.getloadavg()[0]
     print(f"\nwall time {RESULTS['wall_s']:.0f} s; 1-min load average at start {info['load_average_at_start']:.2f}, "
