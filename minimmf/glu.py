@@ -16,6 +16,7 @@ import numpy as np
 
 from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward
 from .functional import silu, silu_backward
+from .kernels import fused
 
 
 def intermediate_size_for(hidden_size: int, hidden_ratio: int = 4) -> int:
@@ -39,15 +40,22 @@ def glu_forward(x: np.ndarray, p: dict):
     y, c_gate = bitlinear_forward(x, p["gate_proj"])        # (B, T, 2I)
     I = y.shape[-1] // 2
     gate, up = y[..., :I], y[..., I:]                       # (B, T, I) each
-    out, c_down = bitlinear_forward(silu(gate) * up, p["down_proj"])  # (B, T, H)
+    if fused.use_fused(y):                                  # silu(gate) * up in one pass
+        a = fused.glu_act_forward(gate, up).reshape(gate.shape)
+    else:
+        a = silu(gate) * up
+    out, c_down = bitlinear_forward(a, p["down_proj"])      # (B, T, H)
     return out, GLUCache(c_gate, c_down, gate, up)
 
 
 def glu_backward(dout: np.ndarray, cache: GLUCache):
     """Backward of ``glu_forward``. Returns (dx, grads) with grads shaped like p."""
     da, g_down = bitlinear_backward(dout, cache.down_proj)  # (B, T, I)
-    dgate = silu_backward(da * cache.up, cache.gate)
-    dup = da * silu(cache.gate)
-    dy = np.concatenate([dgate, dup], axis=-1)              # (B, T, 2I)
+    if fused.use_fused(da, cache.gate):                     # the three lines below, in one pass
+        dy = fused.glu_act_backward(da, cache.gate, cache.up).reshape(*da.shape[:-1], -1)
+    else:
+        dgate = silu_backward(da * cache.up, cache.gate)
+        dup = da * silu(cache.gate)
+        dy = np.concatenate([dgate, dup], axis=-1)          # (B, T, 2I)
     dx, g_gate = bitlinear_backward(dy, cache.gate_proj)
     return dx, {"gate_proj": g_gate, "down_proj": g_down}

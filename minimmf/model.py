@@ -28,6 +28,7 @@ from . import validate
 from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward, pack_bitlinear
 from .block import BlockCache, block_backward, block_forward
 from .config import MMfreeConfig
+from .kernels import fused
 from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .mlgru import LowerBoundCache, lower_bounds_backward, lower_bounds_forward
@@ -134,8 +135,11 @@ def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
     g_layers.reverse()
     dlb.reverse()
     B, T, H = dh.shape
-    dE = np.zeros((cache.V, H), dtype=dh.dtype)
-    np.add.at(dE, cache.ids.reshape(-1), dh.reshape(-1, H))          # rows used several times sum
+    if fused.use_fused(dh):                                          # np.add.at is slow; same sums
+        dE = fused.embedding_backward(cache.ids, dh, cache.V)
+    else:
+        dE = np.zeros((cache.V, H), dtype=dh.dtype)
+        np.add.at(dE, cache.ids.reshape(-1), dh.reshape(-1, H))      # rows used several times sum
     if cache.lower_bounds is None:
         d_lower = np.zeros((len(cache.blocks), H), dtype=dh.dtype)
     else:

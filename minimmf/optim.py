@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .kernels import fused
 from .tree import leaves, tree_map
 
 
@@ -41,11 +42,15 @@ class AdamW:
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for (_, p), (_, g), (_, m), (_, v) in zip(leaves(params), leaves(grads),
                                                   leaves(self.m), leaves(self.v)):
+            wd = self.weight_decay if p.ndim >= 2 else 0.0
+            if fused.use_fused(p, g, m, v) and p.flags.c_contiguous and m.flags.c_contiguous \
+                    and v.flags.c_contiguous:                # the lines below in one pass (same bits)
+                fused.adamw_update(p, g, m, v, lr, b1, b2, c1, c2, self.eps, wd)
+                continue
             m *= b1
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * (g * g)
-            wd = self.weight_decay if p.ndim >= 2 else 0.0
             p -= (lr * (m / c1 / (np.sqrt(v / c2) + self.eps) + wd * p)).astype(p.dtype)
 
 

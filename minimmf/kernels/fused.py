@@ -1,0 +1,582 @@
+"""Fused element-wise kernels for training: one pass over memory where the NumPy reference makes five to ten.
+
+Why this file exists: at the training shapes (tokens N = B*T of a few thousand, widths of 128-2048) a training
+step spends more time in element-wise NumPy passes (RMSNorm, per-token quantization, gates, softmax; each pass
+allocates and writes a fresh array) than in its BLAS products. Each kernel here does the work of one readable
+NumPy function in one pass per row and gives the SAME numbers:
+
+    kernel                      specification (plain NumPy, the readable version)
+    rmsnorm_forward             functional.rmsnorm_forward
+    rmsnorm_backward            functional.rmsnorm_backward
+    bitlinear_front             functional.rmsnorm_forward + quant.activation_quant (BitLinear's input side)
+    weight_quant                quant.weight_quant (+ the dequantized W_q the backward needs)
+    mlgru_gates_forward/_backward, mlgru_output_forward/_backward       mlgru.mlgru_forward / mlgru_backward
+    glu_act_forward/_backward   glu.glu_forward / glu_backward (silu(gate) * up)
+    cross_entropy_forward/_backward                                     loss.py
+    embedding_backward          np.add.at(dE, ids, dh)
+    adamw_update                optim.AdamW.step (one leaf)
+
+How "the same numbers" is achieved (``tests/test_kernels_fused.py`` checks it, exactly):
+
+* every operation is done in the dtype of the input (float32 or float64) in the reference's order; constants are
+  passed in as scalars of that dtype (a bare ``0.5`` or ``1`` would promote float32 arithmetic to float64);
+* a mean over a row uses NumPy's own pairwise summation (``_pairwise_sum``), bit for bit;
+* e^x is not computed in Numba (LLVM's expf differs from NumPy's SIMD exp in the last bit, and Numba has no
+  vectorised exp here): the wrapper computes ``e = exp(-|x|)`` with NumPy, in place, and the kernel does the rest.
+
+The modules (functional.py, quant.py, bitlinear.py, ...) call these kernels when ``use_fused(x)`` is true: the
+JIT is on, the dtype is float32/float64, and the reference path is not forced (``reference_path()``, or the
+environment variable ``MINIMMF_REFERENCE=1``). With ``NUMBA_DISABLE_JIT=1`` the modules run their NumPy
+reference (the kernels would be plain Python loops); the kernels themselves are still tested in that mode.
+"""
+
+from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
+
+import contextlib
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit
+
+PW_BLOCK = 128  # NumPy's PW_BLOCKSIZE: rows up to this length are summed with 8 accumulators, longer ones split
+
+_reference = os.environ.get("MINIMMF_REFERENCE", "") not in ("", "0")
+
+
+def use_fused(*arrays) -> bool:
+    """True when the fast kernels should run for these arrays (JIT on, float32/float64, not forced off)."""
+    if _reference or numba.config.DISABLE_JIT:
+        return False
+    dt = arrays[0].dtype
+    return (dt == np.float32 or dt == np.float64) and all(a.dtype == dt for a in arrays)
+
+
+@contextlib.contextmanager
+def reference_path(enabled: bool = True):
+    """Within this block every module runs its plain-NumPy reference (benchmarks and tests compare the two)."""
+    global _reference
+    old, _reference = _reference, enabled
+    try:
+        yield
+    finally:
+        _reference = old
+
+
+def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
+    """e = exp(-|x|) with NumPy's exp (the bits the reference sigmoid sees), in one fresh buffer."""
+    e = np.abs(x)
+    np.negative(e, out=e)
+    return np.exp(e, out=e)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """(..., C) -> (N, C) C-contiguous (a view when x already is)."""
+    return np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- shared scalar helpers
+
+@njit(cache=True)
+def _pairwise_leaf(a, lo, n, zero):
+    """NumPy's pairwise_sum for n <= 128: 8 running sums combined as a tree, then the tail in order."""
+    if n < 8:
+        res = zero
+        for k in range(lo, lo + n):
+            res += a[k]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    m = n - n % 8
+    i = 8
+    while i < m:
+        k = lo + i
+        r0 += a[k]
+        r1 += a[k + 1]
+        r2 += a[k + 2]
+        r3 += a[k + 3]
+        r4 += a[k + 4]
+        r5 += a[k + 5]
+        r6 += a[k + 6]
+        r7 += a[k + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def _pairwise_sum(a, lo, n, zero):
+    """sum(a[lo:lo+n]) exactly as NumPy's pairwise summation adds a contiguous row (np.sum, np.mean).
+
+    NumPy recurses: pw(lo, n) = pw(lo, n2) + pw(lo + n2, n - n2), n2 = n // 2 rounded down to a multiple of 8,
+    until n <= 128. Numba cannot load a recursive function from its cache, so the recursion runs on an explicit
+    stack of frames (lo, n, children done) and a stack of partial sums.
+    """
+    if n <= PW_BLOCK:
+        return _pairwise_leaf(a, lo, n, zero)
+    frames = np.empty((64, 3), np.int64)
+    vals = np.empty(64, a.dtype)
+    frames[0, 0], frames[0, 1], frames[0, 2] = lo, n, 0
+    sp, vp = 1, 0
+    while sp > 0:
+        flo, fn, done = frames[sp - 1, 0], frames[sp - 1, 1], frames[sp - 1, 2]
+        if fn <= PW_BLOCK:                                   # a leaf: push its sum
+            vals[vp] = _pairwise_leaf(a, flo, fn, zero)
+            vp += 1
+            sp -= 1
+            continue
+        n2 = fn // 2
+        n2 -= n2 % 8
+        if done == 2:                                        # both halves summed: left + right
+            vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
+            vp -= 1
+            sp -= 1
+            continue
+        frames[sp - 1, 2] = done + 1
+        frames[sp, 0] = flo if done == 0 else flo + n2
+        frames[sp, 1] = n2 if done == 0 else fn - n2
+        frames[sp, 2] = 0
+        sp += 1
+    return vals[0]
+
+
+@njit(cache=True, inline="always")
+def _round_half_away(v, half, one, zero):
+    """quant.round_half_away on one scalar: copysign(floor(a) + (a - floor(a) >= 1/2), v), a = |v|."""
+    a = abs(v)
+    fa = np.floor(a)
+    r = fa + one if a - fa >= half else fa
+    return np.copysign(r, v)
+
+
+@njit(cache=True, inline="always")
+def _sigmoid_from_e(x, e, one):
+    """functional.sigmoid given e = exp(-|x|): r = 1 / (1 + e); σ = r if x >= 0 else e r."""
+    r = one / (one + e)
+    return r if x >= 0 else e * r
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+
+@njit(cache=True)
+def _rmsnorm_fwd(x, w, eps, nC, one, y, rstd):
+    N, C = x.shape
+    zero = one - one
+    sq = np.empty(C, x.dtype)                                # row buffer: x * x
+    for r in range(N):
+        xr, yr = x[r], y[r]
+        for j in range(C):
+            sq[j] = xr[j] * xr[j]
+        rs = one / np.sqrt(_pairwise_sum(sq, 0, C, zero) / nC + eps)
+        rstd[r] = rs
+        for j in range(C):
+            yr[j] = (xr[j] * rs) * w[j]
+
+
+def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
+    """functional.rmsnorm_forward in one pass per row: y = (x rstd) w, rstd = 1 / sqrt(mean(x^2) + eps).
+
+    Shapes: x (N, C) float, w (C,) -> y (N, C), rstd (N, 1).
+    """
+    ft = x.dtype.type
+    x = _rows(x)
+    N, C = x.shape
+    y = np.empty_like(x)
+    rstd = np.empty((N, 1), x.dtype)
+    _rmsnorm_fwd(x, np.ascontiguousarray(w, x.dtype), ft(eps), ft(C), ft(1), y, rstd[:, 0])
+    return y, rstd
+
+
+@njit(cache=True)
+def _rmsnorm_bwd(dy, x, rstd, w, nC, dx, dw):
+    N, C = x.shape
+    zero = nC - nC
+    buf = np.empty(C, x.dtype)                               # row buffer: dn * n
+    col = np.empty(N if C == 1 else 0, x.dtype)              # C = 1: the column of dy * n
+    for j in range(C):
+        dw[j] = zero
+    for r in range(N):
+        xr, dyr, dxr = x[r], dy[r], dx[r]
+        rs = rstd[r]
+        for j in range(C):
+            n = xr[j] * rs
+            dw[j] += dyr[j] * n                              # rows summed in order, as np.sum(axis=0)
+            buf[j] = (dyr[j] * w[j]) * n
+        if C == 1:
+            col[r] = dyr[0] * (xr[0] * rs)
+        mean = _pairwise_sum(buf, 0, C, zero) / nC
+        for j in range(C):
+            dxr[j] = rs * (dyr[j] * w[j] - (xr[j] * rs) * mean)
+    if C == 1:                                               # NumPy sums a single column pairwise: so do we
+        dw[0] = _pairwise_sum(col, 0, N, zero)
+
+
+def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndarray):
+    """functional.rmsnorm_backward in one pass per row: dx = rstd (dn - n mean(dn n)), dn = dy w, n = x rstd.
+
+    Shapes: dy, x (N, C), rstd (N, 1), w (C,) -> dx (N, C), dw (C,).
+    """
+    ft = x.dtype.type
+    x, dy = _rows(x), _rows(dy)
+    N, C = x.shape
+    dx = np.empty_like(x)
+    dw = np.empty(C, x.dtype)
+    _rmsnorm_bwd(dy, x, np.ascontiguousarray(rstd.reshape(-1)), np.ascontiguousarray(w, x.dtype), ft(C), dx, dw)
+    return dx, dw
+
+
+# ----------------------------------------------------------------------------- BitLinear: quantizers
+
+@njit(cache=True)
+def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd):
+    N, C = x.shape
+    zero = one - one
+    lo, hi = -qmax - one, qmax
+    sq = np.empty(C, x.dtype)
+    for r in range(N):
+        xr, qr, xqr = x[r], q[r], xq[r]
+        for j in range(C):
+            sq[j] = xr[j] * xr[j]
+        rs = one / np.sqrt(_pairwise_sum(sq, 0, C, zero) / nC + eps)     # RMSNorm
+        amax = zero
+        for j in range(C):
+            amax = max(amax, abs((xr[j] * rs) * g[j]))
+        s = qmax / max(amax, act_eps)                                      # absmax scale
+        for j in range(C):
+            c = _round_half_away(((xr[j] * rs) * g[j]) * s, half, one, zero)
+            c = min(max(c, lo), hi) + zero                                 # clip; + 0 turns -0 into 0
+            qr[j] = c
+            xqr[j] = c / s
+        rstd[r] = rs
+        s_x[r] = s
+
+
+def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int = 127, act_eps: float = 1e-5):
+    """RMSNorm then per-token absmax int8 quantization, in one pass per row (BitLinear's input side).
+
+    Same numbers as ``n = rmsnorm_forward(x, g, eps)[0]; q_x, s_x = activation_quant(n)``:
+        rstd = 1 / sqrt(mean(x^2) + eps),  n = (x rstd) g,
+        s_x = qmax / max(max|n|, act_eps),  q = clip(round_half_away(n s_x), -qmax - 1, qmax).
+    Shapes: x (N, C) float, g (C,) -> q (N, C) integer-valued floats (the codes, ready for BLAS),
+    x_q = q / s_x (N, C) (the STE's dequantized activations), s_x (N, 1), rstd (N, 1).
+    """
+    ft = x.dtype.type
+    x = _rows(x)
+    N, C = x.shape
+    q, xq = np.empty_like(x), np.empty_like(x)
+    s_x, rstd = np.empty((N, 1), x.dtype), np.empty((N, 1), x.dtype)
+    _bitlinear_front(x, np.ascontiguousarray(g, x.dtype), ft(eps), ft(C), ft(qmax), ft(act_eps), ft(0.5),
+                     ft(1), q, xq, s_x[:, 0], rstd[:, 0])
+    return q, xq, s_x, rstd
+
+
+@njit(cache=True)
+def _abs_into(W, out):
+    for k in range(W.size):
+        out[k] = abs(W[k])
+
+
+@njit(cache=True)
+def _ternary_codes(W, s_w, half, one, qf, Wq):
+    zero = one - one
+    for k in range(W.size):
+        c = _round_half_away(W[k] * s_w, half, one, zero)
+        c = min(max(c, -one), one) + zero
+        qf[k] = c
+        Wq[k] = c / s_w
+
+
+def weight_quant(W: np.ndarray, eps: float = 1e-5):
+    """quant.weight_quant plus the dequantized matrix, in two passes over W.
+
+    s_w = 1 / max(mean|W|, eps),  q_w = clip(round_half_away(W s_w), -1, 1),  W_q = q_w / s_w.
+    Shapes: W (O, I) float -> q_w (O, I) integer-valued floats, W_q (O, I), s_w scalar (dtype of W).
+    """
+    ft = W.dtype.type
+    flat = np.ascontiguousarray(W).reshape(-1)
+    a = np.empty_like(flat)
+    _abs_into(flat, a)
+    s_w = ft(1.0) / max(_pairwise_sum(a, 0, a.size, ft(0)) / ft(a.size), ft(eps))
+    qf, Wq = np.empty_like(flat), np.empty_like(flat)
+    _ternary_codes(flat, ft(s_w), ft(0.5), ft(1), qf, Wq)
+    return qf.reshape(W.shape), Wq.reshape(W.shape), ft(s_w)
+
+
+# ----------------------------------------------------------------------------- MLGRU element-wise
+
+@njit(cache=True)
+def _mlgru_gates_fwd(zf, ef, zi, ei, lb, has_lb, one, sf, f, i):
+    N, C = zf.shape
+    for r in range(N):
+        zfr, efr, zir, eir = zf[r], ef[r], zi[r], ei[r]
+        sfr, fr, ir = sf[r], f[r], i[r]
+        for j in range(C):
+            s = _sigmoid_from_e(zfr[j], efr[j], one)
+            fj = lb[j] + (one - lb[j]) * s if has_lb else s
+            sfr[j] = s
+            fr[j] = fj
+            ir[j] = (zir[j] * _sigmoid_from_e(zir[j], eir[j], one)) * (one - fj)
+
+
+def mlgru_gates_forward(zf: np.ndarray, zi: np.ndarray, lb: np.ndarray | None):
+    """sf = σ(zf);  f = lb + (1 - lb) sf (or sf);  i = silu(zi) (1 - f)  — one pass.
+
+    Shapes: zf, zi (N, H), lb (H,) or None -> sf, f, i (N, H).
+    """
+    ft = zf.dtype.type
+    zf, zi = _rows(zf), _rows(zi)
+    sf, f, i = np.empty_like(zf), np.empty_like(zf), np.empty_like(zf)
+    lb_a = np.zeros(zf.shape[1], zf.dtype) if lb is None else np.ascontiguousarray(lb, zf.dtype)
+    _mlgru_gates_fwd(zf, _exp_neg_abs(zf), zi, _exp_neg_abs(zi), lb_a, lb is not None, ft(1), sf, f, i)
+    return sf, f, i
+
+
+@njit(cache=True)
+def _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, dlb):
+    N, C = df.shape
+    zero = one - one
+    col = np.empty(N if C == 1 else 0, df.dtype)             # C = 1: the column summed into dlb
+    for j in range(C):
+        dlb[j] = zero
+    for r in range(N):
+        dfr, dir_, fr, sfr, zir, eir = df[r], di[r], f[r], sf[r], zi[r], ei[r]
+        dzfr, dzir = dzf[r], dzi[r]
+        for j in range(C):
+            z = zir[j]
+            s = _sigmoid_from_e(z, eir[j], one)
+            dzir[j] = (dir_[j] * (one - fr[j])) * (s * (one + z * (one - s)))   # silu backward
+            d = dfr[j] - dir_[j] * (z * s)                                     # i = silu(zi) (1 - f)
+            if has_lb:
+                dlb[j] += d * (one - sfr[j])                                   # rows in order, as np.sum(axis=0)
+                if C == 1:
+                    col[r] = d * (one - sfr[j])
+                d = d * (one - lb[j])
+            dzfr[j] = (d * sfr[j]) * (one - sfr[j])                            # sigmoid backward
+    if has_lb and C == 1:                                                      # NumPy sums one column pairwise
+        dlb[0] = _pairwise_sum(col, 0, N, zero)
+
+
+def mlgru_gates_backward(df, di, f, sf, zi, lb):
+    """Backward of ``mlgru_gates_forward`` given the scan's df, di. Returns (dzf, dzi, dlb or None).
+
+    dzi = di (1 - f) silu'(zi);  d = df - di silu(zi);  dlb = Σ_tokens d (1 - sf);  dzf = d (1 - lb) sf (1 - sf).
+    Shapes: df, di, f, sf, zi (N, H), lb (H,) or None -> dzf, dzi (N, H), dlb (H,).
+    """
+    ft = df.dtype.type
+    df, di, f, sf, zi = (_rows(a) for a in (df, di, f, sf, zi))
+    dzf, dzi = np.empty_like(df), np.empty_like(df)
+    dlb = np.empty(df.shape[1], df.dtype)
+    lb_a = np.zeros(df.shape[1], df.dtype) if lb is None else np.ascontiguousarray(lb, df.dtype)
+    _mlgru_gates_bwd(df, di, f, sf, zi, _exp_neg_abs(zi), lb_a, lb is not None, ft(1), dzf, dzi, dlb)
+    return dzf, dzi, (dlb if lb is not None else None)
+
+
+@njit(cache=True)
+def _mlgru_output_fwd(gn, h, eh, one, o):
+    N, C = h.shape
+    for r in range(N):
+        gnr, hr, ehr, orow = gn[r], h[r], eh[r], o[r]
+        for j in range(C):
+            orow[j] = gnr[j] * (hr[j] * _sigmoid_from_e(hr[j], ehr[j], one))
+
+
+def mlgru_output_forward(gn: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """o = gn silu(h) — one pass. Shapes: gn, h (N, H) -> o (N, H)."""
+    gn, h = _rows(gn), _rows(h)
+    o = np.empty_like(h)
+    _mlgru_output_fwd(gn, h, _exp_neg_abs(h), h.dtype.type(1), o)
+    return o
+
+
+@njit(cache=True)
+def _mlgru_output_bwd(do, gn, h, eh, one, dgn, dh):
+    N, C = h.shape
+    for r in range(N):
+        dor, gnr, hr, ehr, dgnr, dhr = do[r], gn[r], h[r], eh[r], dgn[r], dh[r]
+        for j in range(C):
+            x = hr[j]
+            s = _sigmoid_from_e(x, ehr[j], one)
+            dgnr[j] = dor[j] * (x * s)
+            dhr[j] = (dor[j] * gnr[j]) * (s * (one + x * (one - s)))
+
+
+def mlgru_output_backward(do: np.ndarray, gn: np.ndarray, h: np.ndarray):
+    """Backward of o = gn silu(h): dgn = do silu(h), dh = do gn silu'(h). Shapes: (N, H) each -> dgn, dh."""
+    do, gn, h = _rows(do), _rows(gn), _rows(h)
+    dgn, dh = np.empty_like(h), np.empty_like(h)
+    _mlgru_output_bwd(do, gn, h, _exp_neg_abs(h), h.dtype.type(1), dgn, dh)
+    return dgn, dh
+
+
+# ----------------------------------------------------------------------------- GLU element-wise
+
+@njit(cache=True)
+def _glu_fwd(gate, up, e, one, a):
+    N, C = a.shape
+    for r in range(N):
+        gr, ur, er, ar = gate[r], up[r], e[r], a[r]
+        for j in range(C):
+            g = gr[j]
+            ar[j] = (g * _sigmoid_from_e(g, er[j], one)) * ur[j]
+
+
+def _halves(gate, up):
+    """(..., I) gate and up -> (N, I) row views (no copy for the two halves of one (N, 2I) array)."""
+    I = gate.shape[-1]
+    return gate.reshape(-1, I), up.reshape(-1, I)
+
+
+def glu_act_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """a = silu(gate) up — one pass. Shapes: gate, up (N, I) (views of [gate, up] are fine) -> a (N, I)."""
+    gate, up = _halves(gate, up)
+    a = np.empty(gate.shape, gate.dtype)
+    _glu_fwd(gate, up, _exp_neg_abs(gate), gate.dtype.type(1), a)
+    return a
+
+
+@njit(cache=True)
+def _glu_bwd(da, gate, up, e, one, dy):
+    N, C = da.shape
+    for r in range(N):
+        dar, gr, ur, er, dyr = da[r], gate[r], up[r], e[r], dy[r]
+        for j in range(C):
+            g = gr[j]
+            s = _sigmoid_from_e(g, er[j], one)
+            dyr[j] = (dar[j] * ur[j]) * (s * (one + g * (one - s)))    # dgate = silu'(gate) da up
+            dyr[C + j] = dar[j] * (g * s)                              # dup = da silu(gate)
+
+
+def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Backward of a = silu(gate) up, written straight into d[gate, up] (no concatenate).
+
+    Shapes: da, gate, up (N, I) -> dy (N, 2I) = [dgate, dup].
+    """
+    da = _rows(da)
+    gate, up = _halves(gate, up)
+    N, I = da.shape
+    dy = np.empty((N, 2 * I), da.dtype)
+    _glu_bwd(da, gate, up, _exp_neg_abs(gate), da.dtype.type(1), dy)
+    return dy
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+@njit(cache=True)
+def _ce_shift(x, z):
+    N, V = x.shape
+    for r in range(N):
+        xr, zr = x[r], z[r]
+        m = xr[0]
+        for j in range(1, V):
+            m = max(m, xr[j])
+        for j in range(V):
+            zr[j] = xr[j] - m
+
+
+@njit(cache=True)
+def _ce_normalize(x, target, zero, p, nll):
+    N, V = x.shape
+    for r in range(N):
+        pr = p[r]
+        s = _pairwise_sum(pr, 0, V, zero)
+        for j in range(V):
+            pr[j] = pr[j] / s
+        t = target[r]
+        if t >= 0:
+            m = x[r, 0]
+            for j in range(1, V):
+                m = max(m, x[r, j])
+            nll[r] = np.log(s) - (x[r, t] - m)
+        else:
+            nll[r] = zero
+
+
+def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
+    """Softmax and per-position NLL in three passes over the logits (max-shift, NumPy exp in place, normalize).
+
+    probs = exp(z) / Σ exp(z) with z = logits - max;  nll = log Σ exp(z) - z[target] (0 where target < 0).
+    Shapes: logits (N, V) float, target (N,) int (negative = unscored) -> probs (N, V), nll (N,).
+    """
+    x = _rows(logits)
+    p = np.empty_like(x)
+    _ce_shift(x, p)
+    np.exp(p, out=p)
+    nll = np.empty(x.shape[0], x.dtype)
+    _ce_normalize(x, np.ascontiguousarray(target.reshape(-1), np.int64), x.dtype.type(0), p, nll)
+    return p, nll
+
+
+@njit(cache=True)
+def _ce_bwd(p, target, count, one, d):
+    N, V = p.shape
+    zero = one - one
+    for r in range(N):
+        pr, dr = p[r], d[r]
+        t = target[r]
+        if t < 0:
+            for j in range(V):
+                dr[j] = zero
+        else:
+            for j in range(V):
+                dr[j] = pr[j] / count
+            dr[t] = (pr[t] - one) / count
+
+
+def cross_entropy_backward(probs: np.ndarray, target: np.ndarray, count: int) -> np.ndarray:
+    """dlogits = (probs - onehot(target)) / count, 0 at unscored positions (target < 0) — one pass.
+
+    Shapes: probs (N, V), target (N,) int -> dlogits (N, V).
+    """
+    ft = probs.dtype.type
+    p = _rows(probs)
+    d = np.empty_like(p)
+    _ce_bwd(p, np.ascontiguousarray(target.reshape(-1), np.int64), ft(count), ft(1), d)
+    return d
+
+
+# ----------------------------------------------------------------------------- embedding, AdamW
+
+@njit(cache=True)
+def _scatter_add_rows(ids, dh, dE):
+    H = dh.shape[1]
+    for k in range(ids.shape[0]):
+        row, src = dE[ids[k]], dh[k]
+        for j in range(H):
+            row[j] += src[j]
+
+
+def embedding_backward(ids: np.ndarray, dh: np.ndarray, V: int) -> np.ndarray:
+    """dE[v] = Σ over tokens k with ids[k] = v of dh[k] (same order and bits as np.add.at).
+
+    Shapes: ids (N,) int, dh (N, H) -> dE (V, H).
+    """
+    dh = _rows(dh)
+    dE = np.zeros((V, dh.shape[1]), dh.dtype)
+    _scatter_add_rows(np.ascontiguousarray(ids.reshape(-1), np.int64), dh, dE)
+    return dE
+
+
+@njit(cache=True)
+def _adamw(p, g, m, v, b1, omb1, b2, omb2, c1, c2, eps, lr, wd):
+    for k in range(p.size):
+        gk = g[k]
+        mk = m[k] * b1 + omb1 * gk
+        vk = v[k] * b2 + omb2 * (gk * gk)
+        m[k] = mk
+        v[k] = vk
+        p[k] = p[k] - lr * ((mk / c1) / (np.sqrt(vk / c2) + eps) + wd * p[k])
+
+
+def adamw_update(p, g, m, v, lr, b1, b2, c1, c2, eps, wd) -> None:
+    """One AdamW step of one parameter, in place, in one pass (the same float ops as optim.AdamW.step).
+
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  p -= lr ((m / c1) / (sqrt(v / c2) + eps) + wd p).
+    Shapes: p, g, m, v: any one shape, C-contiguous, one dtype.
+    """
+    ft = p.dtype.type
+    _adamw(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1), ft(b1), ft(1 - b1),
+           ft(b2), ft(1 - b2), ft(c1), ft(c2), ft(eps), ft(lr), ft(wd))

@@ -1,0 +1,255 @@
+"""Tests for minimmf/kernels/fused.py: every fused kernel gives the numbers of the NumPy code it replaces.
+
+The references are the modules' own readable NumPy functions, run under ``fused.reference_path()`` (which forces
+them) or written out here from the same lines. Integer codes and everything the forward computes must be equal
+bit for bit (a code that flips at a rounding tie moves the logits); the few results that go through Numba's
+``log`` (the loss value) get a tight tolerance instead.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minimmf
+from minimmf import functional, glu, loss, mlgru, quant
+from minimmf.bitlinear import bitlinear_backward, bitlinear_forward
+from minimmf.kernels import fused
+from minimmf.optim import AdamW
+
+pytestmark = pytest.mark.jit
+
+dtypes = st.sampled_from([np.float32, np.float64])
+# widths around NumPy's pairwise-summation breakpoints (< 8, the 8-wide unroll, 128, the recursive split)
+widths = st.sampled_from([1, 3, 8, 13, 64, 127, 128, 129, 136, 200, 256, 300])
+
+
+def _arrays(seed, shape, dtype, scale=3.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+@st.composite
+def row_problems(draw, max_N=12):
+    """(seed, N, C, dtype) for a (N, C) problem."""
+    return (draw(st.integers(0, 2**31 - 1)), draw(st.integers(1, max_N)), draw(widths), draw(dtypes))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5000), dtypes)
+def test_pairwise_sum_equals_numpy_sum_bit_for_bit(seed, n, dtype):
+    """The kernel's row sum adds in NumPy's pairwise order, so sum and mean agree exactly with np.sum."""
+    a = _arrays(seed, n, dtype, 10.0)
+    assert fused._pairwise_sum(a, 0, n, dtype(0)) == np.sum(a)
+
+
+def test_round_half_away_of_one_scalar_equals_quant_round_half_away():
+    """The scalar rounding inside the kernels is quant.round_half_away, ties and near-ties included."""
+    for dtype in (np.float32, np.float64):
+        v = np.array([0.5, -0.5, 1.5, -2.5, 2.5, 0.0, -0.0, 0.49999997, -0.49999997, 126.5, -127.5, 3.2,
+                      np.nextafter(dtype(0.5), dtype(0)), 2.0**23 + 1, -(2.0**52 + 1)], dtype)
+        got = np.array([fused._round_half_away(t, dtype(0.5), dtype(1), dtype(0)) for t in v], dtype)
+        np.testing.assert_array_equal(got, quant.round_half_away(v))
+
+
+def test_reference_path_forces_the_numpy_code():
+    """Inside reference_path() no module takes the fused path; outside it, float32/float64 arrays do."""
+    x = np.ones((2, 3), np.float32)
+    with fused.reference_path():
+        assert not fused.use_fused(x)
+    assert fused.use_fused(x) != bool(fused.numba.config.DISABLE_JIT)
+    assert not fused.use_fused(x, x.astype(np.float64))        # mixed dtypes: the reference decides
+
+
+# ----------------------------------------------------------------------------- RMSNorm and the quantizers
+
+@given(row_problems())
+def test_rmsnorm_forward_kernel_equals_reference_exactly(problem):
+    """y = x / sqrt(mean(x^2) + eps) * w and rstd are equal bit for bit to functional.rmsnorm_forward."""
+    seed, N, C, dtype = problem
+    x, w = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0)
+    y, rstd = fused.rmsnorm_forward(x, w, 1e-6)
+    with fused.reference_path():
+        y0, c0 = functional.rmsnorm_forward(x, w, 1e-6)
+    assert y.dtype == dtype and rstd.shape == (N, 1)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(rstd, c0.rstd)
+
+
+@given(row_problems())
+def test_rmsnorm_backward_kernel_equals_reference_exactly(problem):
+    """dx = rstd (dn - n mean(dn n)) and dw = sum of dy n over rows: equal bit for bit to the NumPy backward."""
+    seed, N, C, dtype = problem
+    x, w, dy = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0), _arrays(seed + 2, (N, C), dtype)
+    with fused.reference_path():
+        _, cache = functional.rmsnorm_forward(x, w, 1e-6)
+        dx0, dw0 = functional.rmsnorm_backward(dy, cache)
+    dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
+    np.testing.assert_array_equal(dx, dx0)
+    np.testing.assert_array_equal(dw, dw0)
+
+
+@given(row_problems(), st.sampled_from([1.0, 1e-3, 1e3]))
+def test_bitlinear_front_codes_equal_rmsnorm_then_activation_quant_exactly(problem, scale):
+    """One pass per row gives the int8 codes, s_x and rstd of rmsnorm_forward followed by activation_quant."""
+    seed, N, C, dtype = problem
+    x, g = _arrays(seed, (N, C), dtype, scale), _arrays(seed + 1, C, dtype, 1.0)
+    x[0, : C // 2] = 0.0                                       # zeros, and (C = 1) an all-zero row
+    q, x_q, s_x, rstd = fused.bitlinear_front(x, g, 1e-6)
+    with fused.reference_path():
+        n, c_norm = functional.rmsnorm_forward(x, g, 1e-6)
+    q0, s0 = quant.activation_quant(n)
+    np.testing.assert_array_equal(q, q0.astype(dtype))         # integer-valued floats, in [-128, 127]
+    np.testing.assert_array_equal(s_x, s0)
+    np.testing.assert_array_equal(rstd, c_norm.rstd)
+    np.testing.assert_array_equal(x_q, q0.astype(dtype) / s0)
+    assert not np.any(np.signbit(q) & (q == 0))                # no -0.0 codes
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 300), dtypes)
+def test_weight_quant_kernel_equals_quant_weight_quant_exactly(seed, O, I, dtype):
+    """Ternary codes and s_w equal quant.weight_quant; W_q = q_w / s_w as the BitLinear cache keeps it."""
+    W = _arrays(seed, (O, I), dtype, 0.02)
+    q, W_q, s_w = fused.weight_quant(W)
+    q0, s0 = quant.weight_quant(W)
+    assert type(s_w) is type(s0) and s_w == s0
+    np.testing.assert_array_equal(q, q0.astype(dtype))
+    np.testing.assert_array_equal(W_q, q0.astype(dtype) / s0)
+
+
+def test_weight_quant_kernel_rounds_ties_away_from_zero_and_sums_a_large_matrix_like_numpy():
+    """Exact ties (W s_w = ±0.5) round away from zero; the absmean of a (2048, 128) matrix matches np.mean."""
+    W = np.array([[0.5, -0.5, 1.5, 1.5], [0.0, 1.0, -1.0, 2.0]], np.float32)   # mean |W| = 1, so s_w = 1
+    q, _, s_w = fused.weight_quant(W)
+    assert s_w == 1.0
+    np.testing.assert_array_equal(q, [[1, -1, 1, 1], [0, 1, -1, 1]])
+    big = _arrays(7, (2048, 128), np.float32, 0.02)
+    np.testing.assert_array_equal(fused.weight_quant(big)[0], quant.weight_quant(big)[0].astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- MLGRU and GLU element-wise
+
+@given(row_problems(), st.booleans())
+def test_mlgru_gate_kernels_equal_the_numpy_lines_exactly(problem, bounded):
+    """sf, f, i of the forward and dzf, dzi, dlb of the backward equal mlgru.py's NumPy lines bit for bit."""
+    seed, N, C, dtype = problem
+    zf, zi, df, di = (_arrays(seed + k, (N, C), dtype) for k in range(4))
+    lb = np.random.default_rng(seed).uniform(0, 1, C).astype(dtype) if bounded else None
+    sf, f, i = fused.mlgru_gates_forward(zf, zi, lb)
+    sf0 = functional.sigmoid(zf)
+    f0 = sf0 if lb is None else lb + (1 - lb) * sf0
+    for got, want in ((sf, sf0), (f, f0), (i, functional.silu(zi) * (1 - f0))):
+        np.testing.assert_array_equal(got, want)
+    dzf, dzi, dlb = fused.mlgru_gates_backward(df, di, f, sf, zi, lb)
+    np.testing.assert_array_equal(dzi, functional.silu_backward(di * (1 - f0), zi))
+    d = df - di * functional.silu(zi)
+    if lb is None:
+        assert dlb is None
+    else:
+        np.testing.assert_array_equal(dlb, np.sum(d * (1 - sf0), axis=0))
+        d = d * (1 - lb)
+    np.testing.assert_array_equal(dzf, functional.sigmoid_backward(d, sf0))
+
+
+@given(row_problems())
+def test_mlgru_output_gate_kernels_equal_the_numpy_lines_exactly(problem):
+    """o = gn silu(h) and its backward (dgn = do silu(h), dh = silu'(h) do gn) equal the NumPy lines."""
+    seed, N, C, dtype = problem
+    gn, h, do = (_arrays(seed + k, (N, C), dtype) for k in range(3))
+    np.testing.assert_array_equal(fused.mlgru_output_forward(gn, h), gn * functional.silu(h))
+    dgn, dh = fused.mlgru_output_backward(do, gn, h)
+    np.testing.assert_array_equal(dgn, do * functional.silu(h))
+    np.testing.assert_array_equal(dh, functional.silu_backward(do * gn, h))
+
+
+@given(row_problems())
+def test_glu_kernels_equal_the_numpy_lines_exactly(problem):
+    """a = silu(gate) up and d[gate, up] equal glu.py's NumPy lines, also when gate, up are views of one y."""
+    seed, N, C, dtype = problem
+    y, da = _arrays(seed, (N, 2 * C), dtype), _arrays(seed + 1, (N, C), dtype)
+    gate, up = y[:, :C], y[:, C:]
+    np.testing.assert_array_equal(fused.glu_act_forward(gate, up), functional.silu(gate) * up)
+    dy = fused.glu_act_backward(da, gate, up)
+    np.testing.assert_array_equal(dy[:, :C], functional.silu_backward(da * up, gate))
+    np.testing.assert_array_equal(dy[:, C:], da * functional.silu(gate))
+
+
+# ----------------------------------------------------------------------------- loss, embedding, optimizer
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(3, 9), st.integers(1, 300), dtypes)
+def test_cross_entropy_kernels_equal_loss_py(seed, B, T, V, dtype):
+    """Softmax probabilities and dlogits equal loss.py exactly; the loss value agrees to a few ulps."""
+    rng = np.random.default_rng(seed)
+    logits = _arrays(seed, (B, T, V), dtype, 5.0)
+    labels = rng.integers(0, V, (B, T))
+    labels[0, 1] = loss.IGNORE_INDEX                         # an ignored label, as well as the last position
+    with fused.reference_path():
+        l0, c0 = loss.cross_entropy_forward(logits, labels)
+        d0 = loss.cross_entropy_backward(c0)
+    l1, c1 = loss.cross_entropy_forward(logits, labels)
+    d1 = loss.cross_entropy_backward(c1)
+    assert l1 == pytest.approx(l0, rel=4 * float(np.finfo(dtype).eps))
+    np.testing.assert_array_equal(c1.probs, c0.probs)
+    np.testing.assert_array_equal(d1, d0)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 50), st.integers(1, 20), dtypes)
+def test_embedding_backward_equals_np_add_at_exactly(seed, N, V, dtype):
+    """Rows of repeated token ids are summed in token order, as np.add.at does: equal bit for bit."""
+    rng = np.random.default_rng(seed)
+    ids, dh = rng.integers(0, V, N), _arrays(seed, (N, 6), dtype)
+    want = np.zeros((V, 6), dtype)
+    np.add.at(want, ids, dh)
+    np.testing.assert_array_equal(fused.embedding_backward(ids, dh, V), want)
+
+
+@given(st.integers(0, 2**31 - 1), dtypes)
+def test_adamw_kernel_steps_equal_the_numpy_update_exactly(seed, dtype):
+    """Three AdamW steps (weight decay on the matrix only) give bit-identical parameters and moments."""
+    params = {"W": _arrays(seed, (5, 7), dtype, 0.1), "g": _arrays(seed + 1, (7,), dtype, 0.1)}
+    grads = [{"W": _arrays(seed + k, (5, 7), dtype), "g": _arrays(seed + 9 + k, (7,), dtype)} for k in range(3)]
+    p_ref = {k: v.copy() for k, v in params.items()}
+    opt, opt_ref = AdamW(lr=3e-3, weight_decay=0.1), AdamW(lr=3e-3, weight_decay=0.1)
+    for g in grads:
+        opt.step(params, g)
+        with fused.reference_path():
+            opt_ref.step(p_ref, g)
+    for k in params:
+        np.testing.assert_array_equal(params[k], p_ref[k])
+        np.testing.assert_array_equal(opt.m[k], opt_ref.m[k])
+        np.testing.assert_array_equal(opt.v[k], opt_ref.v[k])
+
+
+# ----------------------------------------------------------------------------- the layers and the model, both paths
+
+@given(st.integers(0, 2**31 - 1), dtypes)
+def test_bitlinear_fused_path_equals_reference_path_exactly(seed, dtype):
+    """bitlinear_forward / _backward give the same y, dx, dW, dg on either path."""
+    x, dy = _arrays(seed, (2, 5, 24), dtype), _arrays(seed + 1, (2, 5, 9), dtype)
+    p = {"W": _arrays(seed + 2, (9, 24), dtype, 0.02), "g": _arrays(seed + 3, 24, dtype, 1.0)}
+    y, cache = bitlinear_forward(x, p)
+    dx, grads = bitlinear_backward(dy, cache)
+    with fused.reference_path():
+        y0, cache0 = bitlinear_forward(x, p)
+        dx0, grads0 = bitlinear_backward(dy, cache0)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(dx, dx0)
+    for k in ("W", "g"):
+        np.testing.assert_array_equal(grads[k], grads0[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_model_loss_and_grads_are_the_same_on_both_paths(dtype):
+    """A whole training step's loss and gradient tree agree between the fused and the reference path
+    (logits and every gradient bit for bit; the loss to a few ulps: Numba's log)."""
+    cfg = minimmf.MMfreeConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, intermediate_size=48)
+    model = minimmf.MMfreeLM.init(cfg, seed=3, dtype=dtype)
+    ids = np.random.default_rng(0).integers(0, 50, (3, 11))
+    loss1, g1 = model.loss_and_grads(ids, ids)
+    logits1 = model.forward(ids)
+    with fused.reference_path():
+        loss0, g0 = model.loss_and_grads(ids, ids)
+        logits0 = model.forward(ids)
+    np.testing.assert_array_equal(logits1, logits0)
+    assert loss1 == pytest.approx(loss0, rel=1e-6)
+    for (path, a), (_, b) in zip(minimmf.tree.leaves(g1), minimmf.tree.leaves(g0)):
+        np.testing.assert_array_equal(a, b, err_msg=path)
