@@ -7,6 +7,8 @@ Public API::
     loss, grads = model.loss_and_grads(input_ids, labels)
     state = model.init_state(B); logits, state = model.step(token_ids, state)
     minimmf.to_reference(model) / minimmf.to_reference(model, grads)
+    model = minimmf.load_pretrained("MMfreeLM-370M")          # a released directory or a minimmf run
+    minimmf.export_hf("runs/tiny", "out-hf")                  # back to the released layout
 """
 import os as _os
 
@@ -18,7 +20,8 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from .config import ConfigError, MMfreeConfig                      # noqa: E402
 from .interop import from_reference, key_table, to_reference       # noqa: E402
 from .model import MMfreeLM, PackedMMfreeLM, State, init_params   # noqa: E402
+from .pretrained import export_hf, load_pretrained                 # noqa: E402
 
 __all__ = ["ConfigError", "MMfreeConfig", "MMfreeLM", "PackedMMfreeLM", "State",
-           "from_reference", "init_params", "key_table", "to_reference"]
+           "export_hf", "from_reference", "init_params", "key_table", "load_pretrained", "to_reference"]
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import validate
-from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward, pack_bitlinear
+from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward
 from .block import BlockCache, block_backward, block_forward
 from .config import MMfreeConfig
 from .kernels import fused
@@ -248,46 +248,9 @@ class MMfreeLM:
 
     def pack(self) -> "PackedMMfreeLM":
         """A copy for inference whose BitLinears hold packed 2-bit codes and one scale each."""
-        return PackedMMfreeLM(self.config, self.params)
-
-
-class PackedMMfreeLM(MMfreeLM):
-    """Inference-only model: every BitLinear runs RMSNorm -> int8 codes -> add/sub kernel -> rescale.
-
-    Same ``forward``, ``prefill``, ``init_state`` and ``step`` as ``MMfreeLM``, and the same
-    logits (the integer products are exact either way). No float weight matrices are kept.
-    """
-
-    def __init__(self, config: MMfreeConfig, params: dict):
-        check_params(params, config)
-        self.config = config
-        self.params = _pack_tree(params)
-        self._num_params = sum(int(np.size(a)) for _, a in leaves(params))
-
-    @property
-    def dtype(self):
-        return self.params["embeddings"].dtype
-
-    def num_params(self) -> int:
-        return self._num_params
-
-    def loss_and_grads(self, input_ids, labels):
-        raise TypeError("a packed model is for inference only: train the float model "
-                        "(MMfreeLM) and call pack() afterwards")
-
-    def pack(self) -> "PackedMMfreeLM":
-        return self
-
-
-def _pack_tree(params):
-    """Replace every BitLinear {"W", "g"} in the tree by a PackedBitLinear."""
-    if isinstance(params, dict):
-        if set(params) == {"W", "g"}:
-            return pack_bitlinear(params)
-        return {k: _pack_tree(v) for k, v in params.items()}
-    if isinstance(params, list):
-        return [_pack_tree(v) for v in params]
-    return params
+        packed = PackedMMfreeLM(self.config, self.params)          # minimmf/packed.py
+        packed.tokenizer = getattr(self, "tokenizer", None)         # load_pretrained attaches one
+        return packed
 
 
 def check_params(params: dict, config: MMfreeConfig) -> None:
@@ -305,3 +268,6 @@ def check_params(params: dict, config: MMfreeConfig) -> None:
         dtypes.add(np.asarray(have[path]).dtype)
     if len(dtypes) > 1:
         raise ValueError(f"parameters mix dtypes {sorted(map(str, dtypes))}; cast them to one dtype")
+
+
+from .packed import PackedMMfreeLM  # noqa: E402  (packed.py subclasses MMfreeLM; import last)

@@ -1,0 +1,184 @@
+"""The packed inference model: 2-bit ternary codes, integer kernels, and an exact compact embedding.
+
+``MMfreeLM.pack()`` returns a ``PackedMMfreeLM``: the same ``forward``, ``prefill``, ``init_state`` and
+``step``, with every BitLinear frozen as ``PackedBitLinear`` (2-bit codes + one scale, ``bitlinear.py``):
+
+    n = RMSNorm(x; g)  ->  q_x, s_x = quant_act(n)  ->  y_int = ternary_matmul(q_x, codes)  (int32, add/sub)
+    y = y_int / (s_x * s_w)                                                                (one rescale)
+
+and the float weight matrices dropped. What remains in floating point is small (norm gains, lower
+bounds) except the embedding table E (V, H): in the 370M model it is 33 M of the 374 M parameters, and
+in float32 it would be half the packed model's memory. ``CompactEmbedding`` stores it in fewer bits
+*without changing a single value*, so the packed model gives the same logits as the float one:
+
+    values that are all bfloat16 (a bf16 checkpoint, widened to float32 on load):  12 bits per value
+        byte   = sign bit | 7 mantissa bits
+        nibble = exponent - base[row]   (1..15), or 0 for exponent 0 (zero, subnormals)
+      where base[row] = max exponent of the row - 15; the rare value whose exponent is below that
+      window (|x| < 2**-14 of the row's largest) is kept aside as an exception, with its bf16 bits.
+    values that are all float16:                                                    16 bits (float16)
+    anything else (a float32 checkpoint):                                           32 bits (float32)
+
+Why 12 bits suffices: within one row of a trained embedding the exponents of the non-tiny values span
+well under 15 binades, so sign + mantissa + a 4-bit exponent offset rebuild the exact bf16 pattern.
+
+``resident_bytes(model)`` counts the bytes of every array a model holds (float or packed).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .bitlinear import PackedBitLinear, pack_bitlinear
+from .config import MMfreeConfig
+from .model import MMfreeLM, check_params
+from .tree import leaves
+
+EXP_WINDOW = 15          # exponents base+1 .. base+15 fit in a nibble; nibble 0 means exponent 0
+
+
+class CompactEmbedding:
+    """An embedding table (V, H) stored exactly in 12, 16 or 32 bits per value (see the module docstring).
+
+    Indexing it like an array gives float32 rows: ``E[ids]`` -> (*ids.shape, H), equal bit for bit to
+    the table it was built from. ``kind`` is "bf16-12bit", "float16", "float32" (or "float64" for a
+    float64 model, kept as it is).
+    """
+
+    def __init__(self, E: np.ndarray):
+        E = np.ascontiguousarray(E)                                   # (V, H)
+        assert E.ndim == 2 and E.dtype in (np.float32, np.float64), (E.shape, E.dtype)
+        self.shape = E.shape
+        self.dtype = E.dtype
+        if E.dtype == np.float64:                                     # a float64 model (gradient checks):
+            self.kind, self._table = "float64", E.copy()              # kept as it is
+            return
+        u = E.view(np.uint32)
+        if not np.any(u & np.uint32(0xFFFF)):                         # every value is a bf16 value
+            self.kind = "bf16-12bit"
+            self._encode_bf16((u >> 16).astype(np.uint16))
+        elif np.array_equal(E.astype(np.float16).astype(np.float32).view(np.uint32), u):
+            self.kind, self._table = "float16", E.astype(np.float16)
+        else:
+            self.kind, self._table = "float32", E.copy()
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    # -- 12-bit bf16 storage
+
+    def _encode_bf16(self, bits: np.ndarray) -> None:
+        V, H = bits.shape
+        exp = ((bits >> 7) & 0xFF).astype(np.int16)                   # (V, H) biased exponent, 0..255
+        self._base = np.maximum(exp.max(axis=1) - EXP_WINDOW, 0).astype(np.int16)   # (V,)
+        off = exp - self._base[:, None]                               # (V, H) 1..15 inside the window
+        outside = (exp != 0) & (off < 1)                              # too small for the window
+        code = np.where(exp == 0, 0, np.where(outside, 0, off)).astype(np.uint8)
+        self._lo = (((bits >> 8) & 0x80) | (bits & 0x7F)).astype(np.uint8)   # (V, H) sign | mantissa
+        if H % 2:
+            code = np.concatenate([code, np.zeros((V, 1), np.uint8)], axis=1)
+        self._nib = (code[:, 0::2] | (code[:, 1::2] << 4)).astype(np.uint8)  # (V, ceil(H/2))
+        self._exc_index = np.flatnonzero(outside).astype(np.int64)    # sorted flat indices r * H + c
+        self._exc_bits = bits.reshape(-1)[self._exc_index].copy()     # their exact bf16 patterns
+
+    def _decode_bf16(self, rows: np.ndarray) -> np.ndarray:
+        H = self.shape[1]
+        lo = self._lo[rows]                                           # (N, H) uint8
+        nib = self._nib[rows]                                         # (N, ceil(H/2))
+        code = np.empty((rows.size, 2 * nib.shape[1]), np.uint16)
+        code[:, 0::2] = nib & 15
+        code[:, 1::2] = nib >> 4
+        code = code[:, :H]
+        exp = np.where(code == 0, 0, code + self._base[rows, None].astype(np.uint16))
+        bits = ((lo.astype(np.uint16) & 0x80) << 8) | (exp.astype(np.uint16) << 7) | (lo & 0x7F)
+        if self._exc_index.size:                                      # put the exceptions back
+            lo_i = np.searchsorted(self._exc_index, rows * H)
+            hi_i = np.searchsorted(self._exc_index, (rows + 1) * H)
+            for n in np.flatnonzero(hi_i > lo_i):
+                k = slice(lo_i[n], hi_i[n])
+                bits[n, self._exc_index[k] - rows[n] * H] = self._exc_bits[k]
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+
+    # -- the array-like interface model_forward needs
+
+    def __getitem__(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if self.kind != "bf16-12bit":
+            return self._table[ids].astype(self.dtype)
+        flat = ids.reshape(-1).astype(np.int64)
+        return self._decode_bf16(flat).reshape(*ids.shape, self.shape[1])
+
+    def __array__(self, dtype=None, copy=None):
+        full = self[np.arange(self.shape[0])]
+        return full if dtype is None else full.astype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        if self.kind != "bf16-12bit":
+            return self._table.nbytes
+        return (self._lo.nbytes + self._nib.nbytes + self._base.nbytes
+                + self._exc_index.nbytes + self._exc_bits.nbytes)
+
+    def __repr__(self) -> str:
+        return (f"CompactEmbedding({self.shape[0]}x{self.shape[1]}, {self.kind}, "
+                f"{self.nbytes / self.shape[0] / self.shape[1] * 8:.2f} bits/value)")
+
+
+def pack_params(params: dict) -> dict:
+    """The parameter tree with every BitLinear {"W", "g"} replaced by a PackedBitLinear and the
+    embedding table by a CompactEmbedding. Every other leaf (gains, lower bounds) is kept as is."""
+    def walk(node):
+        if isinstance(node, dict):
+            if set(node) == {"W", "g"}:
+                return pack_bitlinear(node)
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    out = walk({k: v for k, v in params.items() if k != "embeddings"})
+    out["embeddings"] = CompactEmbedding(params["embeddings"])
+    return {k: out[k] for k in params}                                # the original key order
+
+
+def _leaf_bytes(leaf) -> int:
+    if isinstance(leaf, PackedBitLinear):
+        return leaf.codes.codes.nbytes + leaf.g.nbytes + 8            # codes, gain, one float64 scale
+    return int(leaf.nbytes)
+
+
+def resident_bytes(model) -> int:
+    """Bytes of every parameter array the model holds (float or packed); Python object overhead excluded."""
+    return sum(_leaf_bytes(leaf) for _, leaf in leaves(model.params))
+
+
+class PackedMMfreeLM(MMfreeLM):
+    """Inference-only model: every BitLinear runs RMSNorm -> int8 codes -> add/sub kernel -> rescale.
+
+    Same ``forward``, ``prefill``, ``init_state`` and ``step`` as ``MMfreeLM``, and the same logits
+    (the integer products are exact either way, and the compact embedding is exact). No float weight
+    matrices are kept; ``resident_bytes()`` reports what is.
+    """
+
+    def __init__(self, config: MMfreeConfig, params: dict):
+        check_params(params, config)
+        self.config = config
+        self.params = pack_params(params)
+        self._num_params = sum(int(np.size(a)) for _, a in leaves(params))
+
+    @property
+    def dtype(self):
+        return self.params["embeddings"].dtype
+
+    def num_params(self) -> int:
+        return self._num_params
+
+    def resident_bytes(self) -> int:
+        """Bytes of the packed parameters (codes, scales, gains, the compact embedding)."""
+        return resident_bytes(self)
+
+    def loss_and_grads(self, input_ids, labels):
+        raise TypeError("a packed model is for inference only: train the float model "
+                        "(MMfreeLM) and call pack() afterwards")
+
+    def pack(self) -> "PackedMMfreeLM":
+        return self
