@@ -1,4 +1,4 @@
-"""The command line: ``minimmf train | generate | info | demo`` (also ``python -m minimmf``)."""
+"""The command line: ``minimmf train | generate | export | info | demo`` (also ``python -m minimmf``)."""
 from __future__ import annotations
 
 import argparse
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "recurrent state (constant memory per token), streaming to the "
                                    "terminal. Uses packed 2-bit weights and integer kernels unless "
                                    "--float is given.")
-    g.add_argument("--checkpoint", required=True, help="a run directory or checkpoint directory")
+    g.add_argument("--checkpoint", required=True,
+                   help="a run directory, checkpoint directory or released MMfreeLM directory")
     g.add_argument("--prompt", default="", help="text to continue (default: empty)")
     g.add_argument("--max-tokens", type=_positive_int, default=200, help="tokens to generate")
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
@@ -69,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=_positive_float, help="sample only from the smallest set with mass p")
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     g.add_argument("--float", action="store_true", help="use float weights instead of packed codes")
+
+    e = sub.add_parser("export", help="write a checkpoint in the released Hugging Face layout",
+                       description="Write DIR (a minimmf run/checkpoint directory or a released MMfreeLM "
+                                   "directory) as config.json + model.safetensors (released key names "
+                                   "and shapes) + tokenizer files, which load_pretrained and the "
+                                   "reference PyTorch code (matmulfreellm) read.")
+    e.add_argument("--format", choices=["hf"], default="hf", help="output layout (only 'hf')")
+    e.add_argument("--checkpoint", required=True, help="the directory to export")
+    e.add_argument("--out", required=True, help="the new directory (written atomically)")
+    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="weight dtype (default: the source's, which round-trips bit-exactly)")
+    e.add_argument("--max-shard-mb", type=_positive_float,
+                   help="split the weights into shards of at most this size, with an index JSON")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     i = sub.add_parser("info", help="describe a checkpoint: config, size, ternary-code statistics")
     i.add_argument("checkpoint", help="a run directory or checkpoint directory")
@@ -104,13 +119,12 @@ def cmd_train(args) -> int:
 
 
 def _generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, seed, packed) -> None:
-    from .checkpoint import load_checkpoint
     from .generate import generate
-    ck = load_checkpoint(checkpoint, with_optimizer=False)
-    if ck.tokenizer is None:
-        raise SystemExit(f"error: {ck.path} has no tokenizer.json, so text cannot be encoded")
-    model = ck.model.pack() if packed else ck.model
-    tok = ck.tokenizer
+    from .pretrained import load_pretrained
+    model = load_pretrained(checkpoint, packed=packed)     # a minimmf run or a released directory
+    if model.tokenizer is None:
+        raise SystemExit(f"error: {checkpoint} has no tokenizer.json, so text cannot be encoded")
+    tok = model.tokenizer
     ids = tok.encode(prompt) if prompt else []
     if not ids:                                   # an empty prompt starts from EOS (or a newline)
         ids = [tok.eos_id] if tok.eos_id is not None else tok.encode("\n")
@@ -138,6 +152,15 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .pretrained import export_hf
+    max_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 1e6)
+    out = export_hf(args.checkpoint, args.out, dtype=args.dtype, max_shard_bytes=max_bytes,
+                    overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} -> {out} ({', '.join(sorted(f.name for f in out.iterdir()))})")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .info import describe
     print(describe(args.checkpoint))
@@ -156,7 +179,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     try:
-        return {"train": cmd_train, "generate": cmd_generate, "info": cmd_info,
+        return {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "info": cmd_info,
                 "demo": cmd_demo}[args.command](args)
     except KeyboardInterrupt:
         return 130
