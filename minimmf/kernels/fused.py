@@ -78,7 +78,7 @@ def _rows(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- shared scalar helpers
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pairwise_leaf(a, lo, n, zero):
     """NumPy's pairwise_sum for n <= 128: 8 running sums combined as a tree, then the tail in order."""
     if n < 8:
@@ -108,7 +108,7 @@ def _pairwise_leaf(a, lo, n, zero):
     return res
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pairwise_sum(a, lo, n, zero):
     """sum(a[lo:lo+n]) exactly as NumPy's pairwise summation adds a contiguous row (np.sum, np.mean).
 
@@ -144,7 +144,7 @@ def _pairwise_sum(a, lo, n, zero):
     return vals[0]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _round_half_away(v, half, one, zero):
     """quant.round_half_away on one scalar: copysign(floor(a) + (a - floor(a) >= 1/2), v), a = |v|."""
     a = abs(v)
@@ -153,7 +153,7 @@ def _round_half_away(v, half, one, zero):
     return np.copysign(r, v)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _sigmoid_from_e(x, e, one):
     """functional.sigmoid given e = exp(-|x|): r = 1 / (1 + e); σ = r if x >= 0 else e r."""
     r = one / (one + e)
@@ -162,7 +162,7 @@ def _sigmoid_from_e(x, e, one):
 
 # ----------------------------------------------------------------------------- RMSNorm
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rmsnorm_fwd(x, w, eps, nC, one, y, rstd):
     N, C = x.shape
     zero = one - one
@@ -191,7 +191,7 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
     return y, rstd
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rmsnorm_bwd(dy, x, rstd, w, nC, dx, dw):
     N, C = x.shape
     zero = nC - nC
@@ -231,23 +231,29 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndar
 
 # ----------------------------------------------------------------------------- BitLinear: quantizers
 
-@njit(cache=True)
-def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd):
+@njit(cache=True, error_model="numpy")
+def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, n, a, a_bits):
     N, C = x.shape
     zero = one - one
     lo, hi = -qmax - one, qmax
-    sq = np.empty(C, x.dtype)
     for r in range(N):
         xr, qr, xqr = x[r], q[r], xq[r]
         for j in range(C):
-            sq[j] = xr[j] * xr[j]
-        rs = one / np.sqrt(_pairwise_sum(sq, 0, C, zero) / nC + eps)     # RMSNorm
-        amax = zero
+            n[j] = xr[j] * xr[j]
+        rs = one / np.sqrt(_pairwise_sum(n, 0, C, zero) / nC + eps)      # RMSNorm
         for j in range(C):
-            amax = max(amax, abs((xr[j] * rs) * g[j]))
-        s = qmax / max(amax, act_eps)                                      # absmax scale
+            v = (xr[j] * rs) * g[j]
+            n[j] = v
+            a[j] = abs(v)
+        # max |n|: a float max-reduction does not vectorise, but for floats >= 0 the order of the bit
+        # patterns (read as signed integers) is the order of the values, NaN above +inf as np.max has it
+        m = a_bits[0]
+        for j in range(1, C):
+            m = max(m, a_bits[j])
+        a_bits[0] = m
+        s = qmax / max(a[0], act_eps)                                      # absmax scale
         for j in range(C):
-            c = _round_half_away(((xr[j] * rs) * g[j]) * s, half, one, zero)
+            c = _round_half_away(n[j] * s, half, one, zero)
             c = min(max(c, lo), hi) + zero                                 # clip; + 0 turns -0 into 0
             qr[j] = c
             xqr[j] = c / s
@@ -269,18 +275,13 @@ def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int = 127, a
     N, C = x.shape
     q, xq = np.empty_like(x), np.empty_like(x)
     s_x, rstd = np.empty((N, 1), x.dtype), np.empty((N, 1), x.dtype)
+    n, a = np.empty(C, x.dtype), np.empty(C, x.dtype)                    # row buffers: n, |n|
     _bitlinear_front(x, np.ascontiguousarray(g, x.dtype), ft(eps), ft(C), ft(qmax), ft(act_eps), ft(0.5),
-                     ft(1), q, xq, s_x[:, 0], rstd[:, 0])
+                     ft(1), q, xq, s_x[:, 0], rstd[:, 0], n, a, a.view(np.int32 if ft is np.float32 else np.int64))
     return q, xq, s_x, rstd
 
 
-@njit(cache=True)
-def _abs_into(W, out):
-    for k in range(W.size):
-        out[k] = abs(W[k])
-
-
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ternary_codes(W, s_w, half, one, qf, Wq):
     zero = one - one
     for k in range(W.size):
@@ -291,16 +292,14 @@ def _ternary_codes(W, s_w, half, one, qf, Wq):
 
 
 def weight_quant(W: np.ndarray, eps: float = 1e-5):
-    """quant.weight_quant plus the dequantized matrix, in two passes over W.
+    """quant.weight_quant plus the dequantized matrix: NumPy's absmean, then one pass for codes and W_q.
 
     s_w = 1 / max(mean|W|, eps),  q_w = clip(round_half_away(W s_w), -1, 1),  W_q = q_w / s_w.
     Shapes: W (O, I) float -> q_w (O, I) integer-valued floats, W_q (O, I), s_w scalar (dtype of W).
     """
     ft = W.dtype.type
     flat = np.ascontiguousarray(W).reshape(-1)
-    a = np.empty_like(flat)
-    _abs_into(flat, a)
-    s_w = ft(1.0) / max(_pairwise_sum(a, 0, a.size, ft(0)) / ft(a.size), ft(eps))
+    s_w = ft(1.0) / np.maximum(np.mean(np.abs(flat)), ft(eps))       # quant.weight_quant's own line
     qf, Wq = np.empty_like(flat), np.empty_like(flat)
     _ternary_codes(flat, ft(s_w), ft(0.5), ft(1), qf, Wq)
     return qf.reshape(W.shape), Wq.reshape(W.shape), ft(s_w)
@@ -308,7 +307,7 @@ def weight_quant(W: np.ndarray, eps: float = 1e-5):
 
 # ----------------------------------------------------------------------------- MLGRU element-wise
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mlgru_gates_fwd(zf, ef, zi, ei, lb, has_lb, one, sf, f, i):
     N, C = zf.shape
     for r in range(N):
@@ -335,7 +334,7 @@ def mlgru_gates_forward(zf: np.ndarray, zi: np.ndarray, lb: np.ndarray | None):
     return sf, f, i
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, dlb):
     N, C = df.shape
     zero = one - one
@@ -375,7 +374,7 @@ def mlgru_gates_backward(df, di, f, sf, zi, lb):
     return dzf, dzi, (dlb if lb is not None else None)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mlgru_output_fwd(gn, h, eh, one, o):
     N, C = h.shape
     for r in range(N):
@@ -392,7 +391,7 @@ def mlgru_output_forward(gn: np.ndarray, h: np.ndarray) -> np.ndarray:
     return o
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mlgru_output_bwd(do, gn, h, eh, one, dgn, dh):
     N, C = h.shape
     for r in range(N):
@@ -414,40 +413,49 @@ def mlgru_output_backward(do: np.ndarray, gn: np.ndarray, h: np.ndarray):
 
 # ----------------------------------------------------------------------------- GLU element-wise
 
-@njit(cache=True)
-def _glu_fwd(gate, up, e, one, a):
+@njit(cache=True, error_model="numpy")
+def _glu_fwd(y, e, one, a):
     N, C = a.shape
     for r in range(N):
-        gr, ur, er, ar = gate[r], up[r], e[r], a[r]
+        yr, er, ar = y[r], e[r], a[r]
+        gr, ur = yr[:C], yr[C:]
         for j in range(C):
             g = gr[j]
             ar[j] = (g * _sigmoid_from_e(g, er[j], one)) * ur[j]
 
 
-def _halves(gate, up):
-    """(..., I) gate and up -> (N, I) row views (no copy for the two halves of one (N, 2I) array)."""
+def _joined(gate, up):
+    """[gate, up] as one C-contiguous (N, 2I) array: a view when they are the two halves of one such array
+    (as glu_forward makes them), else a copy. One contiguous operand is what lets the loops vectorise."""
     I = gate.shape[-1]
-    return gate.reshape(-1, I), up.reshape(-1, I)
+    g2, u2 = gate.reshape(-1, I), up.reshape(-1, I)
+    it = g2.itemsize
+    if (g2.dtype == u2.dtype and g2.shape == u2.shape and g2.strides == u2.strides == (2 * I * it, it)
+            and u2.ctypes.data == g2.ctypes.data + I * it):
+        return np.lib.stride_tricks.as_strided(g2, (g2.shape[0], 2 * I), (2 * I * it, it), writeable=False)
+    return np.concatenate([g2, u2], axis=1)
 
 
 def glu_act_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """a = silu(gate) up — one pass. Shapes: gate, up (N, I) (views of [gate, up] are fine) -> a (N, I)."""
-    gate, up = _halves(gate, up)
-    a = np.empty(gate.shape, gate.dtype)
-    _glu_fwd(gate, up, _exp_neg_abs(gate), gate.dtype.type(1), a)
+    y = _joined(gate, up)                                    # (N, 2I)
+    I = y.shape[1] // 2
+    a = np.empty((y.shape[0], I), y.dtype)
+    _glu_fwd(y, _exp_neg_abs(y[:, :I]), y.dtype.type(1), a)
     return a
 
 
-@njit(cache=True)
-def _glu_bwd(da, gate, up, e, one, dy):
+@njit(cache=True, error_model="numpy")
+def _glu_bwd(da, y, e, one, dy):
     N, C = da.shape
     for r in range(N):
-        dar, gr, ur, er, dyr = da[r], gate[r], up[r], e[r], dy[r]
+        dar, yr, er, dyr = da[r], y[r], e[r], dy[r]
+        gr, ur, dgr, dur = yr[:C], yr[C:], dyr[:C], dyr[C:]
         for j in range(C):
             g = gr[j]
             s = _sigmoid_from_e(g, er[j], one)
-            dyr[j] = (dar[j] * ur[j]) * (s * (one + g * (one - s)))    # dgate = silu'(gate) da up
-            dyr[C + j] = dar[j] * (g * s)                              # dup = da silu(gate)
+            dgr[j] = (dar[j] * ur[j]) * (s * (one + g * (one - s)))    # dgate = silu'(gate) da up
+            dur[j] = dar[j] * (g * s)                                  # dup = da silu(gate)
 
 
 def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -456,16 +464,16 @@ def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.nda
     Shapes: da, gate, up (N, I) -> dy (N, 2I) = [dgate, dup].
     """
     da = _rows(da)
-    gate, up = _halves(gate, up)
+    y = _joined(gate, up)                                    # (N, 2I)
     N, I = da.shape
     dy = np.empty((N, 2 * I), da.dtype)
-    _glu_bwd(da, gate, up, _exp_neg_abs(gate), da.dtype.type(1), dy)
+    _glu_bwd(da, y, _exp_neg_abs(y[:, :I]), da.dtype.type(1), dy)
     return dy
 
 
 # ----------------------------------------------------------------------------- cross-entropy
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ce_shift(x, z):
     N, V = x.shape
     for r in range(N):
@@ -477,7 +485,7 @@ def _ce_shift(x, z):
             zr[j] = xr[j] - m
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ce_normalize(x, target, zero, p, nll):
     N, V = x.shape
     for r in range(N):
@@ -510,7 +518,7 @@ def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
     return p, nll
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ce_bwd(p, target, count, one, d):
     N, V = p.shape
     zero = one - one
@@ -540,7 +548,7 @@ def cross_entropy_backward(probs: np.ndarray, target: np.ndarray, count: int) ->
 
 # ----------------------------------------------------------------------------- embedding, AdamW
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _scatter_add_rows(ids, dh, dE):
     H = dh.shape[1]
     for k in range(ids.shape[0]):
@@ -560,7 +568,7 @@ def embedding_backward(ids: np.ndarray, dh: np.ndarray, V: int) -> np.ndarray:
     return dE
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adamw(p, g, m, v, b1, omb1, b2, omb2, c1, c2, eps, lr, wd):
     for k in range(p.size):
         gk = g[k]
