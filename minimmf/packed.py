@@ -124,6 +124,24 @@ class CompactEmbedding:
                 f"{self.nbytes / self.shape[0] / self.shape[1] * 8:.2f} bits/value)")
 
 
+class _numba_threads:
+    """Run a block with n Numba threads (thread-local in Numba), then restore; n=None leaves them alone."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        if self.n is not None:
+            import numba
+            self.old = numba.get_num_threads()
+            numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n is not None:
+            import numba
+            numba.set_num_threads(self.old)
+
+
 def pack_params(params: dict) -> dict:
     """The parameter tree with every BitLinear {"W", "g"} replaced by a PackedBitLinear and the
     embedding table by a CompactEmbedding. Every other leaf (gains, lower bounds) is kept as is."""
@@ -175,6 +193,44 @@ class PackedMMfreeLM(MMfreeLM):
     def resident_bytes(self) -> int:
         """Bytes of the packed parameters (codes, scales, gains, the compact embedding)."""
         return resident_bytes(self)
+
+    # -- threads: two must never be slower than one
+
+    num_threads: int | None = None      # Numba threads for this model's kernels; None: Numba's current setting
+
+    def prefill(self, input_ids, state=None):
+        with _numba_threads(self.num_threads):
+            return super().prefill(input_ids, state)
+
+    def step(self, token_ids, state):
+        with _numba_threads(self.num_threads):
+            return super().step(token_ids, state)
+
+    def tune_threads(self, n_tokens: int = 4, candidates=None) -> int:
+        """Time ``n_tokens`` decode steps at each thread count and keep the fastest (``self.num_threads``).
+
+        On a shared 2-core machine another busy process makes every 2-thread ``prange`` region wait for a
+        descheduled thread, and 2 threads decode 2-6x *slower* than 1 (benchmarks/README.md); on a quiet
+        machine 2 threads are faster. Measuring is the only reliable way to know which case this is.
+        """
+        import time
+        import numba
+        candidates = candidates or range(1, numba.config.NUMBA_NUM_THREADS + 1)
+        state = self.init_state(1)
+        tok = np.zeros(1, np.int64)
+        best = None
+        for n in candidates:
+            self.num_threads = n
+            self.step(tok, state)                                      # warm-up (compiles once)
+            t0 = time.perf_counter()
+            s = state
+            for _ in range(n_tokens):
+                _, s = self.step(tok, s)
+            t = time.perf_counter() - t0
+            if best is None or t < best[0]:
+                best = (t, n)
+        self.num_threads = best[1]
+        return best[1]
 
     def loss_and_grads(self, input_ids, labels):
         raise TypeError("a packed model is for inference only: train the float model "

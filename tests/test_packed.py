@@ -128,3 +128,17 @@ def test_pack_keeps_the_tokenizer_load_pretrained_attached(golden, golden_model)
     model.tokenizer = "a tokenizer"
     assert model.pack().tokenizer == "a tokenizer"
     assert golden_model.pack().tokenizer is None
+
+
+def test_tune_threads_keeps_the_fastest_thread_count_and_the_numbers(golden, golden_model):
+    """tune_threads picks one of the candidate thread counts; logits do not depend on it."""
+    import numba
+    packed = golden_model.pack()
+    before = packed.forward(golden["input_ids"])
+    n = packed.tune_threads(n_tokens=2)
+    assert packed.num_threads == n and 1 <= n <= numba.config.NUMBA_NUM_THREADS
+    np.testing.assert_array_equal(packed.forward(golden["input_ids"]), before)
+    k = numba.get_num_threads()
+    packed.num_threads = 1
+    packed.step(np.array([1]), packed.init_state(1))
+    assert numba.get_num_threads() == k                             # the caller's setting is restored

@@ -1,0 +1,271 @@
+"""Batch-1 decode and 512-token prefill of released-shape models: packed ternary vs float32, side by side.
+
+For each shape (random weights rounded to bf16, as a bf16 checkpoint would load; no download):
+
+    decode tokens/s      PackedMMfreeLM.step  vs  MMfreeLM.step (the float32 NumPy path of the same model)
+                         and vs the float32 weight-streaming floor: the model's W @ x matvecs alone (BLAS)
+    bandwidth bound      bytes read per token / copy bandwidth measured in this run -> tokens/s; the
+                         fraction of it that the measured decode reaches
+    prefill tokens/s     a 512-token prompt in one call, packed vs float
+    memory               resident bytes of the packed model vs the float32 model
+    threads              all of the above at 1 and 2 threads (Numba and OpenBLAS pools set together)
+
+Run from the repository root:  python benchmarks/bench_decode.py [--json PATH] [--shapes 370m 1.3b]
+Medians of several repeats; the machine may be shared, so the load average is printed at start and end.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # before NumPy starts its pool (PERF-NOTES)
+
+import argparse                                            # noqa: E402
+import ctypes                                              # noqa: E402
+import glob                                                # noqa: E402
+import json                                                # noqa: E402
+import platform                                            # noqa: E402
+import time                                                # noqa: E402
+
+import numba                                               # noqa: E402
+import numpy as np                                         # noqa: E402
+from numba import njit, prange                             # noqa: E402
+
+import minimmf                                             # noqa: E402
+from minimmf.model import param_shapes                     # noqa: E402
+from minimmf.packed import resident_bytes                  # noqa: E402
+from minimmf.tree import leaves, tree_map                  # noqa: E402
+
+SHAPES = {  # SPEC §7
+    "370m": minimmf.MMfreeConfig(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, intermediate_size=2816),
+    "1.3b": minimmf.MMfreeConfig(vocab_size=32000, hidden_size=2048, num_hidden_layers=24, intermediate_size=5632),
+}
+PREFILL_T = 512
+
+
+# ----------------------------------------------------------------------------- threads and timing
+
+def _openblas_setter():
+    for lib in glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*.so*")):
+        h = ctypes.CDLL(lib)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(h, name):
+                return getattr(h, name)
+    return None
+
+
+_BLAS_SET = _openblas_setter()
+
+
+def set_threads(n: int) -> None:
+    """Both pools at n threads (Numba prange and OpenBLAS), so comparisons are like for like."""
+    numba.set_num_threads(n)
+    if _BLAS_SET is not None:
+        _BLAS_SET(n)
+
+
+def median_time(fn, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+# ----------------------------------------------------------------------------- memory bandwidth
+
+@njit(parallel=True, cache=True)
+def _copy(src, dst):
+    for i in prange(src.size):
+        dst[i] = src[i]
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, repeats: int = 7) -> float:
+    """(bytes read + bytes written) / time of a parallel copy at the current Numba thread count."""
+    src = np.ones(nbytes // 8, np.float64)
+    dst = np.empty_like(src)
+    _copy(src, dst)
+    return 2 * nbytes / median_time(lambda: _copy(src, dst), repeats)
+
+
+# ----------------------------------------------------------------------------- models
+
+def random_bf16_model(config, seed: int = 0) -> minimmf.MMfreeLM:
+    """N(0, 0.02) weights (norm gains 1, lower bounds 0) rounded to bf16 values, float32 storage."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(shape):
+        if len(shape) == 1:
+            return np.ones(shape, np.float32)
+        a = rng.standard_normal(shape, dtype=np.float32)
+        a *= np.float32(0.02)
+        u = a.view(np.uint32)                                  # round to nearest-even bf16, in place
+        u += np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))
+        u &= np.uint32(0xFFFF0000)
+        return a
+    params = tree_map(leaf, param_shapes(config))
+    params["lower_bounds"] = np.zeros_like(params["lower_bounds"])
+    return minimmf.MMfreeLM(config, params)
+
+
+def weight_matrices(model) -> list[np.ndarray]:
+    """Every BitLinear weight matrix, in the order a decode step reads them."""
+    return [W for path, W in leaves(model.params) if path.endswith(".W")]
+
+
+def bytes_per_token(model, packed: bool) -> int:
+    """Bytes a decode step must read: every weight matrix (2-bit codes or float32), gains, scales,
+    lower bounds and one embedding row; activations and states are a few KB and are left out."""
+    H = model.config.hidden_size
+    total = resident_bytes(model) - model.params["embeddings"].nbytes
+    return total + (model.params["embeddings"].nbytes // model.config.vocab_size if packed else 4 * H)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def decode_rate(model, n_tokens: int, repeats: int = 3) -> float:
+    """Batch-1 tokens/s of model.step after a 4-token prefill: median over repeats of n_tokens steps."""
+    _, state = model.prefill(np.array([[1, 2, 3, 4]]))
+    tok = np.array([5])
+
+    def run():
+        s = state
+        for _ in range(n_tokens):
+            _, s = model.step(tok, s)
+    run()                                                      # warm-up: compile, page in
+    return n_tokens / median_time(run, repeats)
+
+
+def float_floor_rate(model, repeats: int = 5) -> float:
+    """Tokens/s of the float32 weight stream alone: one BLAS W @ x per BitLinear, nothing else."""
+    mats = weight_matrices(model)
+    xs = {W.shape[1]: np.ones(W.shape[1], np.float32) for W in mats}
+
+    def run():
+        for W in mats:
+            W @ xs[W.shape[1]]
+    run()
+    return 1.0 / median_time(run, repeats)
+
+
+def prefill_rate(model, repeats: int) -> float:
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, PREFILL_T))
+    model.prefill(ids[:, :8])
+    return PREFILL_T / median_time(lambda: model.prefill(ids), repeats)
+
+
+def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool) -> dict:
+    t0 = time.perf_counter()
+    model = random_bf16_model(config)
+    t_init = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    packed = model.pack()
+    t_pack = time.perf_counter() - t0
+    big = config.hidden_size > 1024
+    r = {"shape": name, "L": config.num_hidden_layers, "H": config.hidden_size, "I": config.I,
+         "V": config.vocab_size, "params": model.num_params(), "init_s": t_init, "pack_s": t_pack,
+         "resident_fp32": resident_bytes(model), "resident_packed": packed.resident_bytes(),
+         "embedding_storage": repr(packed.params["embeddings"]),
+         "bytes_per_token_packed": bytes_per_token(packed, True),
+         "bytes_per_token_fp32": bytes_per_token(model, False), "threads": {}}
+    # the two paths agree on this model too (a quick check, not the test)
+    ids = np.array([[3, 1, 4, 1, 5]])
+    a, b = model.forward(ids), packed.forward(ids)
+    r["max_abs_logit_diff_packed_vs_float"] = float(np.abs(a - b).max())
+    for n in threads:
+        set_threads(n)
+        t = {"decode_packed": decode_rate(packed, 8 if quick else (16 if big else 32)),
+             "decode_float": decode_rate(model, 2 if quick else 3, repeats=2 if big else 3),
+             "decode_float_floor": float_floor_rate(model),
+             "prefill_packed": prefill_rate(packed, 1 if (quick or big) else 2),
+             "prefill_float": prefill_rate(model, 1 if (quick or big) else 2)}
+        for kind in ("packed", "fp32"):
+            bound = bw[n] / r[f"bytes_per_token_{kind}"]
+            t[f"bound_{kind}"] = bound
+        t["fraction_of_bound_packed"] = t["decode_packed"] / t["bound_packed"]
+        t["fraction_of_bound_float_floor"] = t["decode_float_floor"] / t["bound_fp32"]
+        t["speedup_vs_float_step"] = t["decode_packed"] / t["decode_float"]
+        t["speedup_vs_float_floor"] = t["decode_packed"] / t["decode_float_floor"]
+        r["threads"][n] = t
+    set_threads(max(threads))
+    r["tuned_threads"] = packed.tune_threads(n_tokens=4, candidates=threads)
+    r["decode_packed_tuned"] = decode_rate(packed, 8 if quick else (16 if big else 32))
+    return r
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt_bytes(b: float) -> str:
+    return f"{b / 1e6:,.1f} MB" if b < 1e9 else f"{b / 1e9:,.2f} GB"
+
+
+def report(res: dict) -> str:
+    out = []
+    for r in res["shapes"]:
+        out.append(f"\n## {r['shape']}: L={r['L']} H={r['H']} I={r['I']} V={r['V']}, {r['params'] / 1e6:,.0f} M "
+                   f"parameters (random, bf16-valued); init {r['init_s']:.1f} s, pack() {r['pack_s']:.1f} s")
+        out.append(f"resident: fp32 model {fmt_bytes(r['resident_fp32'])}, packed {fmt_bytes(r['resident_packed'])} "
+                   f"= 1/{r['resident_fp32'] / r['resident_packed']:.1f} ({r['embedding_storage']})")
+        out.append(f"bytes read per token: packed {fmt_bytes(r['bytes_per_token_packed'])}, "
+                   f"fp32 {fmt_bytes(r['bytes_per_token_fp32'])}; max |logit diff| packed vs float on 5 tokens: "
+                   f"{r['max_abs_logit_diff_packed_vs_float']:.2e}")
+        out.append("\n| threads | packed step tok/s | float32 step tok/s | float32 W@x floor tok/s | packed ÷ float step "
+                   "| packed ÷ floor | packed bound tok/s | packed % of bound | floor % of fp32 bound "
+                   f"| prefill {PREFILL_T} packed tok/s | prefill float tok/s |")
+        out.append("|" + "---|" * 11)
+        for n, t in r["threads"].items():
+            out.append(f"| {n} | {t['decode_packed']:.1f} | {t['decode_float']:.2f} | {t['decode_float_floor']:.1f} "
+                       f"| {t['speedup_vs_float_step']:.1f}× | {t['speedup_vs_float_floor']:.1f}× "
+                       f"| {t['bound_packed']:.0f} | {100 * t['fraction_of_bound_packed']:.0f}% "
+                       f"| {100 * t['fraction_of_bound_float_floor']:.0f}% "
+                       f"| {t['prefill_packed']:.0f} | {t['prefill_float']:.0f} |")
+        out.append(f"\npacked.tune_threads() chose {r['tuned_threads']} thread(s): "
+                   f"{r['decode_packed_tuned']:.1f} tok/s")
+        if len(r["threads"]) == 2:
+            t1, t2 = r["threads"][1], r["threads"][2]
+            out.append(f"\n2 threads ÷ 1 thread: packed decode {t2['decode_packed'] / t1['decode_packed']:.2f}×, "
+                       f"float decode {t2['decode_float'] / t1['decode_float']:.2f}×, "
+                       f"packed prefill {t2['prefill_packed'] / t1['prefill_packed']:.2f}×")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="also write every number to this file")
+    ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke test)")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    res = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu": cpu,
+           "llvm_cpu": numba.config.CPU_NAME or __import__("llvmlite.binding").binding.get_host_cpu_name(),
+           "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+           "numba": numba.__version__, "minimmf": minimmf.__version__,
+           "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+           "load_avg_start": os.getloadavg()[0], "copy_bandwidth": {}, "shapes": []}
+    for n in args.threads:
+        set_threads(n)
+        res["copy_bandwidth"][n] = copy_bandwidth()
+    res["threading_layer"] = numba.threading_layer()
+    print(f"# bench_decode  {res['date_utc']} UTC  {cpu} ({res['llvm_cpu']}), {res['cores']} cores; Python "
+          f"{res['python']}, NumPy {res['numpy']}, Numba {res['numba']} ({res['threading_layer']}), "
+          f"OPENBLAS_THREAD_TIMEOUT={res['openblas_thread_timeout']}; load average {res['load_avg_start']:.2f}")
+    print("copy bandwidth (read + write, 256 MiB, Numba prange): " + ", ".join(
+        f"{n} thread{'s' if n > 1 else ''} {bw / 1e9:.1f} GB/s" for n, bw in res["copy_bandwidth"].items()))
+    for name in args.shapes:
+        r = bench_shape(name, SHAPES[name], args.threads, res["copy_bandwidth"], args.quick)
+        res["shapes"].append(r)
+        print(report({"shapes": [r]}), flush=True)
+    res["load_avg_end"] = os.getloadavg()[0]
+    res["wall_s"] = time.perf_counter() - t_start
+    print(f"\nwall time {res['wall_s']:.0f} s; load average at start {res['load_avg_start']:.2f}, "
+          f"at end {res['load_avg_end']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
