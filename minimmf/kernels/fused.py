@@ -474,33 +474,25 @@ def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.nda
 # ----------------------------------------------------------------------------- cross-entropy
 
 @njit(cache=True, error_model="numpy")
-def _ce_shift(x, z):
+def _ce_shift(x, mx, z, zt, target):
     N, V = x.shape
     for r in range(N):
         xr, zr = x[r], z[r]
-        m = xr[0]
-        for j in range(1, V):
-            m = max(m, xr[j])
+        m = mx[r]
         for j in range(V):
             zr[j] = xr[j] - m
+        zt[r] = zr[max(target[r], 0)]                    # z at the target, before exp overwrites z
 
 
 @njit(cache=True, error_model="numpy")
-def _ce_normalize(x, target, zero, p, nll):
-    N, V = x.shape
+def _ce_normalize(zt, target, zero, p, nll):
+    N, V = p.shape
     for r in range(N):
         pr = p[r]
         s = _pairwise_sum(pr, 0, V, zero)
         for j in range(V):
             pr[j] = pr[j] / s
-        t = target[r]
-        if t >= 0:
-            m = x[r, 0]
-            for j in range(1, V):
-                m = max(m, x[r, j])
-            nll[r] = np.log(s) - (x[r, t] - m)
-        else:
-            nll[r] = zero
+        nll[r] = np.log(s) - zt[r] if target[r] >= 0 else zero
 
 
 def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
@@ -510,11 +502,13 @@ def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
     Shapes: logits (N, V) float, target (N,) int (negative = unscored) -> probs (N, V), nll (N,).
     """
     x = _rows(logits)
+    target = np.ascontiguousarray(target.reshape(-1), np.int64)
     p = np.empty_like(x)
-    _ce_shift(x, p)
-    np.exp(p, out=p)
+    zt = np.empty(x.shape[0], x.dtype)
+    _ce_shift(x, np.max(x, axis=1), p, zt, target)      # p = z = logits - max (NumPy's max: it vectorises)
+    np.exp(p, out=p)                                     # NumPy's exp, the reference's bits
     nll = np.empty(x.shape[0], x.dtype)
-    _ce_normalize(x, np.ascontiguousarray(target.reshape(-1), np.int64), x.dtype.type(0), p, nll)
+    _ce_normalize(zt, target, x.dtype.type(0), p, nll)
     return p, nll
 
 
