@@ -206,8 +206,9 @@ class PackedMMfreeLM(MMfreeLM):
         with _numba_threads(self.num_threads):
             return super().step(token_ids, state)
 
-    def tune_threads(self, n_tokens: int = 4, candidates=None) -> int:
-        """Time ``n_tokens`` decode steps at each thread count and keep the fastest (``self.num_threads``).
+    def tune_threads(self, n_tokens: int = 4, candidates=None, rounds: int = 3) -> int:
+        """Time ``n_tokens`` decode steps at each thread count, ``rounds`` times in turn, and keep the
+        count with the best median (``self.num_threads``).
 
         On a shared 2-core machine another busy process makes every 2-thread ``prange`` region wait for a
         descheduled thread, and 2 threads decode 2-6x *slower* than 1 (benchmarks/README.md); on a quiet
@@ -216,21 +217,21 @@ class PackedMMfreeLM(MMfreeLM):
         import time
         import numba
         candidates = candidates or range(1, numba.config.NUMBA_NUM_THREADS + 1)
+        candidates = list(candidates)
         state = self.init_state(1)
         tok = np.zeros(1, np.int64)
-        best = None
-        for n in candidates:
-            self.num_threads = n
-            self.step(tok, state)                                      # warm-up (compiles once)
-            t0 = time.perf_counter()
-            s = state
-            for _ in range(n_tokens):
-                _, s = self.step(tok, s)
-            t = time.perf_counter() - t0
-            if best is None or t < best[0]:
-                best = (t, n)
-        self.num_threads = best[1]
-        return best[1]
+        times = {n: [] for n in candidates}
+        for r in range(rounds + 1):                                    # round 0 is a warm-up
+            for n in candidates:
+                self.num_threads = n
+                t0 = time.perf_counter()
+                s = state
+                for _ in range(n_tokens):
+                    _, s = self.step(tok, s)
+                if r:
+                    times[n].append(time.perf_counter() - t0)
+        self.num_threads = min(candidates, key=lambda n: float(np.median(times[n])))
+        return self.num_threads
 
     def loss_and_grads(self, input_ids, labels):
         raise TypeError("a packed model is for inference only: train the float model "

@@ -111,6 +111,21 @@ def test_released_bf16_directory_loads_exactly_the_bf16_rounded_weights(bf16_dir
     assert 0 < diff < 0.5 * np.abs(golden["logits"]).max()
 
 
+def test_released_fp16_directory_loads_the_fp16_weights_exactly(tmp_path, golden):
+    """float16 tensors are widened exactly: the model equals the float path on float16-cast weights."""
+    sd16 = {k: v.astype(np.float16) for k, v in golden.state_dict.items()}
+    d = tmp_path / "fp16"
+    d.mkdir()
+    (d / "config.json").write_text(str(golden["config_json"]))
+    save_file(sd16, str(d / "model.safetensors"))
+    model = load_pretrained(d)
+    assert params_equal(model, minimmf.from_reference(golden.config, {k: v.astype(np.float32) for k, v in sd16.items()}))
+    out = export_hf(d, tmp_path / "out")                                  # stays float16, round-trips exactly
+    with safe_open(str(out / "model.safetensors"), "numpy") as f:
+        assert f.get_slice("lm_head.weight").get_dtype() == "F16"
+    assert params_equal(load_pretrained(out), model)
+
+
 def test_bf16_widening_is_exact_for_every_finite_bit_pattern():
     """All 2**16 bf16 patterns widen to float32 and round back to themselves (NaNs stay NaN)."""
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
