@@ -21,7 +21,9 @@ from .config import ConfigError, MMfreeConfig                      # noqa: E402
 from .interop import from_reference, key_table, to_reference       # noqa: E402
 from .model import MMfreeLM, PackedMMfreeLM, State, init_params   # noqa: E402
 from .pretrained import export_hf, load_pretrained                 # noqa: E402
+from .baseline import TransformerConfig, TransformerPP              # noqa: E402
 
 __all__ = ["ConfigError", "MMfreeConfig", "MMfreeLM", "PackedMMfreeLM", "State",
+           "TransformerConfig", "TransformerPP",
            "export_hf", "from_reference", "init_params", "key_table", "load_pretrained", "to_reference"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The command line: ``minimmf train | generate | export | info | demo`` (also ``python -m minimmf``)."""
+"""The command line: ``minimmf train | generate | export | info | demo | compare`` (also ``python -m minimmf``)."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a one-minute demo on minimmf's own source code (no download)")
     d.add_argument("--steps", type=_positive_int, default=300, help="training steps (default 300)")
     d.add_argument("--seed", type=int, default=0, help="random seed")
+
+    c = sub.add_parser("compare", help="MMfreeLM vs Transformer++ at several sizes (the paper's comparison)",
+                       description="Train both models at several sizes on the same corpus and tokenizer, once "
+                                   "for the same token budget and once for the same wall-clock budget; write "
+                                   "OUT/comparison.json, OUT/comparison_meta.json and OUT/comparison.png. "
+                                   "The full sweep takes about 30 minutes; --quick a few minutes.")
+    c.add_argument("--quick", action="store_true", help="tiny sizes and budgets: a test of the pipeline")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--data", help="a UTF-8 text file or folder (default: Shakespeare)")
     return p
 
 
@@ -175,12 +184,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import format_table, run_comparison
+    records = run_comparison(quick=args.quick, out=args.out, data=args.data)
+    print(format_table(records))
+    print(f"written: {Path(args.out) / 'comparison.json'}, {Path(args.out) / 'comparison.png'}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     try:
         return {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "info": cmd_info,
-                "demo": cmd_demo}[args.command](args)
+                "demo": cmd_demo, "compare": cmd_compare}[args.command](args)
     except KeyboardInterrupt:
         return 130
     except (ValueError, CheckpointError, RuntimeError, OSError) as e:

@@ -111,8 +111,12 @@ def save_checkpoint(run_dir, model: MMfreeLM, tokenizer=None, optimizer: AdamW |
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=run_dir))
     try:
-        (tmp / "config.json").write_text(json.dumps(model.config.to_reference(), indent=2))
-        save_file({k: np.ascontiguousarray(v) for k, v in to_reference(model).items()},
+        if getattr(model, "architecture", None) == "transformer++":   # the baseline: minimmf tree paths
+            config_json, tensors = model.config.to_json(), dict(leaves(model.params))
+        else:                                                          # MMfreeLM: the released layout
+            config_json, tensors = model.config.to_reference(), to_reference(model)
+        (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                   str(tmp / "model.safetensors"))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer.json")
@@ -191,8 +195,13 @@ def load_checkpoint(path, with_optimizer: bool = True) -> Checkpoint:
         raise CheckpointError(f"{ckpt / 'model.safetensors'} cannot be read ({e}): "
                               f"the file is corrupt or truncated") from None
     try:
-        model = from_reference(config, state_dict)
-    except ValueError as e:
+        if isinstance(config, dict) and config.get("architecture") == "transformer++":
+            from .baseline import TransformerConfig, TransformerPP
+            tc = TransformerConfig.from_json(config)
+            model = TransformerPP(tc, tree_map(lambda _, p: state_dict[p], _paths_of(tc), _paths_of(tc)))
+        else:
+            model = from_reference(config, state_dict)
+    except (ValueError, KeyError) as e:
         raise CheckpointError(f"{ckpt}: {e}") from None
     tokenizer = None
     if (ckpt / "tokenizer.json").exists():
@@ -213,6 +222,12 @@ def load_checkpoint(path, with_optimizer: bool = True) -> Checkpoint:
                 raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} lacks the moment {e} "
                                       f"for this model's parameters") from None
     return Checkpoint(model, tokenizer, optimizer, trainer, ckpt)
+
+
+def _paths_of(transformer_config):
+    """The Transformer++ parameter tree with each leaf replaced by its path."""
+    from .baseline import param_shapes
+    return _paths(param_shapes(transformer_config))
 
 
 def _paths(tree, prefix=""):

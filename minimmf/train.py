@@ -31,6 +31,7 @@ from .tree import leaves
 @dataclass
 class TrainConfig:
     # model
+    architecture: str = "mmfree"     # "mmfree" (MMfreeLM) or "transformer++" (the baseline, minimmf/baseline)
     hidden_size: int = 128           # H
     num_hidden_layers: int = 4       # L
     intermediate_size: int | None = None   # I of the GLU (None: the released rule)
@@ -62,7 +63,8 @@ class TrainConfig:
                   "grad_clip": self.grad_clip >= 0, "steps": self.steps >= 1,
                   "minutes": self.minutes is None or 0 < self.minutes <= 7 * 24 * 60,
                   "eval_every": self.eval_every >= 1, "tokenizer": self.tokenizer in ("bpe", "char"),
-                  "vocab_size": self.vocab_size >= 1}
+                  "vocab_size": self.vocab_size >= 1,
+                  "architecture": self.architecture in ("mmfree", "transformer++")}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             k = bad[0]
@@ -75,6 +77,14 @@ class TrainConfig:
         return MMfreeConfig(vocab_size=vocab_size, hidden_size=self.hidden_size,
                             num_hidden_layers=self.num_hidden_layers,
                             intermediate_size=self.intermediate_size)
+
+    def build_model(self, vocab_size: int):
+        """A freshly initialized model of this ``architecture`` (seeded by ``seed``)."""
+        if self.architecture == "transformer++":
+            from .baseline import TransformerConfig, TransformerPP
+            return TransformerPP.init(TransformerConfig.for_width(vocab_size, self.hidden_size,
+                                      self.num_hidden_layers, self.intermediate_size), seed=self.seed)
+        return MMfreeLM.init(self.model_config(vocab_size), seed=self.seed)
 
 
 PRESETS = {
@@ -159,7 +169,7 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
         model, tokenizer, opt = ck.model, ck.tokenizer, ck.optimizer
     else:
         tokenizer = train_char(corpus.text) if cfg.tokenizer == "char" else train_bpe(train_text, cfg.vocab_size)
-        model = MMfreeLM.init(cfg.model_config(tokenizer.vocab_size), seed=cfg.seed)
+        model = cfg.build_model(tokenizer.vocab_size)
         opt = AdamW(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     split = encode_split(tokenizer, train_text, val_text)
     n_window = cfg.seq_len + 1
@@ -245,7 +255,7 @@ def _evaluate_and_log(model, split, cfg, step, tokens, seconds, recent, lr, val_
     rec = {"step": step, "tokens": tokens, "seconds": round(seconds, 3),
            "train_loss": float(np.mean(recent)) if recent else None, "val_loss": val,
            "val_bpc": val / val_cpt / math.log(2), "lr": lr,
-           "ternary_zero_fraction": ternary_zero_fraction(model)}
+           "ternary_zero_fraction": ternary_zero_fraction(model) if cfg.architecture == "mmfree" else None}
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
     msg = (f"step {step}: train {rec['train_loss']:.3f}, val {val:.3f} nats/token = "
