@@ -21,6 +21,12 @@ def _positive_float(s):
     return v
 
 
+def _threads_arg(s):
+    if s == "auto":
+        return -1
+    return _positive_int(s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="minimmf",
@@ -54,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive_int, help="steps between evaluations and checkpoints")
     t.add_argument("--sample-tokens", type=int, default=200,
                    help="tokens to generate after training (0: none)")
+    t.add_argument("--threads", type=_threads_arg,
+                   help="threads for the whole run: a number, or 'auto' to time 1..all cores once at the "
+                        "start and keep the fastest (default: all cores). The same seed and thread count "
+                        "give bit-identical runs")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
     g = sub.add_parser("generate", help="generate text from a checkpoint",
@@ -108,7 +118,7 @@ def cmd_train(args) -> int:
     overrides = {"tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "steps": args.steps,
                  "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
                  "hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
-                 "eval_every": args.eval_every}
+                 "eval_every": args.eval_every, "threads": args.threads}
     cfg = PRESETS[args.preset]
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.minutes is not None:
@@ -133,6 +143,8 @@ def _generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, seed, p
     model = load_pretrained(checkpoint, packed=packed)     # a minimmf run or a released directory
     if model.tokenizer is None:
         raise SystemExit(f"error: {checkpoint} has no tokenizer.json, so text cannot be encoded")
+    if packed:
+        model.tune_threads(n_tokens=2, rounds=2)           # 2 threads can be slower than 1 on a busy machine
     tok = model.tokenizer
     ids = tok.encode(prompt) if prompt else []
     if not ids:                                   # an empty prompt starts from EOS (or a newline)

@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import MMfreeConfig
 from .model import MMfreeLM
 from .optim import AdamW, clip_grads
+from .threads import fastest_thread_count, max_threads, set_threads
 from .tree import leaves
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
     eval_every: int = 100            # steps between evaluations (and checkpoints)
     eval_windows: int = 32           # validation windows per evaluation (None/0: the whole split)
     seed: int = 0
+    threads: int = 0                 # 0: all cores; N: exactly N; -1: the fastest, timed once at the start
 
     def __post_init__(self):
         checks = {"hidden_size": self.hidden_size >= 1, "num_hidden_layers": self.num_hidden_layers >= 1,
@@ -191,6 +193,7 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
 
     def trainer_state():
         return {"step": step, "tokens": tokens, "seconds": seconds, "rng": rng.bit_generator.state,
+                "threads": threads,
                 "train_config": dataclasses.asdict(cfg), "data_sha256": _fingerprint(corpus.text),
                 "data_source": corpus.source}
 
@@ -201,6 +204,7 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
     t_start = time.perf_counter() - seconds0
     seconds = seconds0
     recent, result = [], None
+    threads = _choose_threads(cfg, state, model, split, tokenizer)
     with _DeferredInterrupt() as interrupt:                     # Ctrl-C ends the run between steps
         while True:
             seconds = time.perf_counter() - t_start
@@ -262,6 +266,23 @@ def _evaluate_and_log(model, split, cfg, step, tokens, seconds, recent, lr, val_
            f"{rec['val_bpc']:.3f} bits/char ({seconds:.0f} s)")
     (bar.write if bar is not None else log)(msg)
     return rec
+
+
+def _choose_threads(cfg, state, model, split, tokenizer) -> int:
+    """The thread count for the whole run (the last bits of BLAS products depend on it, see threads.py).
+
+    A resumed run keeps the count it started with; -1 times a few forward+backward passes of a probe
+    batch at each count (from its own random generator, so the run's batches are unchanged).
+    """
+    if "threads" in state:
+        return set_threads(state["threads"])
+    if cfg.threads > 0:
+        return set_threads(cfg.threads)
+    if cfg.threads == 0:
+        return set_threads(max_threads())
+    from .data import sample_batch
+    probe = sample_batch(split.train, cfg.batch_size, cfg.seq_len, np.random.default_rng(cfg.seed + 1))
+    return fastest_thread_count(lambda: model.loss_and_grads(probe, probe))
 
 
 class _DeferredInterrupt:

@@ -19,7 +19,7 @@ from minimmf.tree import leaves
 
 SMALL = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char",
                     seq_len=16, batch_size=4, lr=3e-3, warmup_steps=3, steps=8, minutes=None,
-                    eval_every=4, eval_windows=4, seed=1)
+                    eval_every=4, eval_windows=4, seed=1, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus):
 
 CLI = [sys.executable, "-m", "minimmf", "train", "--tokenizer", "char", "--hidden-size", "16",
        "--layers", "1", "--seq-len", "16", "--batch-size", "4", "--eval-every", "5",
-       "--steps", "400", "--seed", "3", "--no-progress", "--sample-tokens", "0"]
+       "--steps", "400", "--seed", "3", "--threads", "1", "--no-progress", "--sample-tokens", "0"]
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus):

@@ -1,0 +1,48 @@
+"""Thread counts for NumPy's BLAS and for Numba, and choosing one by measurement.
+
+On an idle 2-core machine two threads are faster than one. On a busy one they can be many times
+*slower*: a parallel region (a Numba ``prange`` or a BLAS call) waits for its slowest thread, and a
+thread that the OS has descheduled in favour of another process makes every region wait a full
+time slice. ``fastest_thread_count`` times a piece of work at each count and returns the fastest.
+
+The count is fixed for a whole training run: OpenBLAS blocks its products differently for different
+thread counts, so the last bits of a product (and therefore of a run) depend on the count. The same
+seed and the same count give bit-identical runs.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numba
+from threadpoolctl import threadpool_limits
+
+
+def max_threads() -> int:
+    """The number of threads Numba was configured with (by default, the number of cores)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` threads in both pools, Numba's and the BLAS library's. Returns the count set."""
+    n = max(1, min(int(n), max_threads()))
+    numba.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
+def fastest_thread_count(work: Callable[[], object], candidates=None, rounds: int = 3) -> int:
+    """Run ``work`` at each thread count, ``rounds`` times in turn (after one warm-up round), and
+    return the count with the smallest median time. Leaves that count set."""
+    candidates = sorted(set(candidates or range(1, max_threads() + 1)))
+    times: dict[int, list[float]] = {n: [] for n in candidates}
+    for r in range(rounds + 1):
+        for n in candidates:
+            set_threads(n)
+            t0 = time.perf_counter()
+            work()
+            if r:                                   # round 0 is a warm-up (and JIT compilation)
+                times[n].append(time.perf_counter() - t0)
+    best = min(candidates, key=lambda n: statistics.median(times[n]))
+    return set_threads(best)
