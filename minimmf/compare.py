@@ -125,14 +125,15 @@ def fit_power_law(x, y) -> tuple[float, float]:
 
 
 def fits(records: list[dict]) -> list[dict]:
-    """Trend lines of val_bpc against params and against train_flops, per model and budget."""
+    """Trend lines of val_bpc against params (both budgets) and against train_flops (token budget only: under
+    a time budget every run gets about the same FLOPs, so a line through them says nothing), per model."""
     out = []
     for budget in ("tokens", "time"):
         for m in MODELS:
             rs = [r for r in records if r["model"] == m and r["budget"] == budget]
             if len(rs) < 2:
                 continue
-            for xkey in ("params", "train_flops"):
+            for xkey in ("params", "train_flops") if budget == "tokens" else ("params",):
                 a, b = fit_power_law([r[xkey] for r in rs], [r["val_bpc"] for r in rs])
                 out.append({"model": m, "budget": budget, "x": xkey, "log_intercept": a, "exponent": b})
     return out
@@ -198,11 +199,13 @@ def plot_comparison(records: list[dict], png) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(2, 2, figsize=(12, 9))
     panels = [(ax[0, 0], "tokens", "params", "parameters", "same token budget"),
               (ax[0, 1], "time", "params", "parameters", "same wall-clock budget"),
-              (ax[1, 0], None, "train_flops", "training FLOPs (derived: 3 × forward)", "both budgets")]
+              (ax[1, 0], None, "train_flops", "training FLOPs (derived: 3 × forward)",
+               "both budgets (filled: same tokens, fitted; hollow: same time)")]
     for a, budget, xkey, xlabel, title in panels:
         for m in MODELS:
             color, marker, label = STYLE[m]
@@ -216,13 +219,15 @@ def plot_comparison(records: list[dict], png) -> Path:
                 y = np.array([r["val_bpc"] for r in rs], float)
                 a.plot(x, y, marker, color=color, mfc=fill, ms=7,
                        label=f"{label} ({b} budget)" if budget is None else label)
-                if len(rs) >= 2:
+                if len(rs) >= 2 and (budget is not None or b == "tokens"):   # no FLOPs fit under a time budget
                     ca, cb = fit_power_law(x, y)
                     xs = np.geomspace(x.min(), x.max(), 50)
                     a.plot(xs, np.exp(ca) * xs ** cb, "-" if b == "tokens" else "--", color=color, lw=1,
-                           label=None if budget is None and b == "time" else f"fit: ∝ x^{cb:.3f}")
+                           label=f"fit: ∝ x^{cb:.3f}")
         a.set_xscale("log")
         a.set_yscale("log")
+        a.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+        a.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2f"))
         a.set_xlabel(xlabel)
         a.set_ylabel("validation bits per character")
         a.set_title(title)

@@ -67,10 +67,12 @@ def test_runs_are_checkpointed_with_their_architecture(run):
 
 
 def test_meta_holds_the_fitted_trend_lines_and_the_plot_is_written(run):
-    """comparison_meta.json has a power-law fit per model, budget and x axis; comparison.png is a real image."""
+    """comparison_meta.json has a power-law fit per model: vs params for both budgets, vs FLOPs for the token
+    budget; comparison.png is a real image."""
     out, _ = run
     meta = json.loads((out / "result" / "comparison_meta.json").read_text())
-    assert len(meta["fits"]) == 2 * 2 * 2
+    assert sorted((f["budget"], f["x"]) for f in meta["fits"]) == sorted(
+        [("tokens", "params"), ("tokens", "train_flops"), ("time", "params")] * 2)
     assert (out / "result" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
