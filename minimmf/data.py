@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from .fileio import atomic_write_bytes  # noqa: F401  (also part of this module's API)
+
 if TYPE_CHECKING:  # data -> tokenizer only for the type; tokenizer.py never imports this module
     from .tokenizer import Tokenizer
 
@@ -234,23 +236,6 @@ def cache_dir_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old file or the new one:
-    a temporary file in the same folder, fsync, then os.replace (atomic on POSIX and Windows)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):            # mkstemp makes 0o600, which would hide the file from others
-            os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def default_corpus_path(cache_dir: str | os.PathLike | None = None, *, source: CorpusSource = SHAKESPEARE,

@@ -26,13 +26,13 @@ import numpy as np
 
 from . import validate
 from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward
-from .block import BlockCache, block_backward, block_forward
+from .block import block_backward, block_forward
 from .config import MMfreeConfig
 from .kernels import fused
 from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .mlgru import LowerBoundCache, lower_bounds_backward, lower_bounds_forward
-from .tree import leaves, tree_map
+from .tree import leaves
 
 MLGRU_PROJECTIONS = ("i_proj", "f_proj", "g_proj", "o_proj")
 

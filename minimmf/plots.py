@@ -2,10 +2,11 @@
 wall-clock, and the fraction of ternary weight codes that are zero."""
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from .fileio import atomic_write_bytes
 
 
 def read_metrics(path) -> list[dict]:
@@ -44,16 +45,10 @@ def plot_metrics(metrics_path, png_path) -> Path:
                  f"{last['val_bpc']:.3f} bits/char")
     fig.tight_layout()
     png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(prefix=".loss-", suffix=".png", dir=png_path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, png_path)
+        fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(png_path, buf.getvalue())
     return png_path

@@ -19,12 +19,13 @@ import itertools
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+
+from .fileio import atomic_write_bytes
 
 
 class TokenizerError(ValueError):
@@ -75,22 +76,6 @@ def _detect_kind(hf: tokenizers.Tokenizer) -> str:
             and not any("\n" in t.get("content", "") for t in d.get("added_tokens") or [])):
         return "bpe"
     return "hf"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Temporary file in the same folder, fsync, os.replace: a crash leaves the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):            # mkstemp makes 0o600, which would hide the file from others
-            os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Tokenizer:
@@ -153,7 +138,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as a Hugging Face ``tokenizer.json`` at ``path``, atomically."""
-        _atomic_write_text(Path(path), self.hf.to_str(pretty=True))
+        atomic_write_bytes(Path(path), self.hf.to_str(pretty=True).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
