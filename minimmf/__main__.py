@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-tokens", type=int, default=200,
                    help="tokens to generate after training (0: none)")
     t.add_argument("--threads", type=_threads_arg,
-                   help="threads for the whole run: a number, or 'auto' to time 1..all cores once at the "
-                        "start and keep the fastest (default: all cores). The same seed and thread count "
-                        "give bit-identical runs")
+                   help="threads for the whole run: a number, or 'auto' (the default) to time 1..all "
+                        "cores once at the start and keep the fastest. The same seed and thread count give "
+                        "bit-identical runs (the count used is saved in the checkpoint)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
     g = sub.add_parser("generate", help="generate text from a checkpoint",

@@ -36,6 +36,8 @@ def fastest_thread_count(work: Callable[[], object], candidates=None, rounds: in
     """Run ``work`` at each thread count, ``rounds`` times in turn (after one warm-up round), and
     return the count with the smallest median time. Leaves that count set."""
     candidates = sorted(set(candidates or range(1, max_threads() + 1)))
+    if len(candidates) == 1:
+        return set_threads(candidates[0])
     times: dict[int, list[float]] = {n: [] for n in candidates}
     for r in range(rounds + 1):
         for n in candidates:

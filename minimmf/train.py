@@ -55,7 +55,7 @@ class TrainConfig:
     eval_every: int = 100            # steps between evaluations (and checkpoints)
     eval_windows: int = 32           # validation windows per evaluation (None/0: the whole split)
     seed: int = 0
-    threads: int = 0                 # 0: all cores; N: exactly N; -1: the fastest, timed once at the start
+    threads: int = -1                # -1: the fastest count, timed once at the start; 0: all cores; N: exactly N
 
     def __post_init__(self):
         checks = {"hidden_size": self.hidden_size >= 1, "num_hidden_layers": self.num_hidden_layers >= 1,
