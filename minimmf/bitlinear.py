@@ -118,9 +118,12 @@ def bitlinear_packed_forward(x: np.ndarray, pb: PackedBitLinear) -> np.ndarray:
     Gives the same numbers as ``bitlinear_forward`` without touching float weights.
     Shapes: x (..., I) float -> y (..., O).
     """
-    n, _ = rmsnorm_forward(x, pb.g, BITLINEAR_EPS)
-    n2 = n.reshape(-1, n.shape[-1])
-    q_x, s_x = activation_quant(n2)                           # (N, I) int8, (N, 1)
+    if fused.use_fused(x, pb.g) and _library_quantizers():  # same codes in one pass per row
+        q, _, s_x, _ = fused.bitlinear_front(x, pb.g, BITLINEAR_EPS, ACT_QMAX, ACT_EPS)
+        q_x = q.astype(np.int8)                               # (N, I) int8, (N, 1)
+    else:
+        n, _ = rmsnorm_forward(x, pb.g, BITLINEAR_EPS)
+        q_x, s_x = activation_quant(n.reshape(-1, n.shape[-1]))   # (N, I) int8, (N, 1)
     acc = ternary_matmul(q_x, pb.codes)                       # (N, O) int32, adds and subtracts only
     y = acc.astype(x.dtype) / (s_x * x.dtype.type(pb.s_w))
     return y.reshape(*x.shape[:-1], pb.out_features)
