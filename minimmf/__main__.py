@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model size and schedule: 'tiny' (about 5 minutes on 2 cores) or 'small' "
                         "(about 30 minutes); the options below override it")
     t.add_argument("--data", help="a UTF-8 text file or a folder of them (default: Shakespeare)")
+    t.add_argument("--architecture", choices=["mmfree", "transformer++"],
+                   help="'mmfree' (default): the MatMul-free LM; 'transformer++': the float baseline "
+                        "(attention with rotary embeddings, SwiGLU) trained the same way, for comparison")
     t.add_argument("--tokenizer", choices=["bpe", "char"],
                    help="'bpe': byte-level BPE trained on the corpus; 'char': one token per character")
     t.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (e.g. 2048)")
@@ -118,7 +121,7 @@ def cmd_train(args) -> int:
     overrides = {"tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "steps": args.steps,
                  "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
                  "hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
-                 "eval_every": args.eval_every, "threads": args.threads}
+                 "eval_every": args.eval_every, "threads": args.threads, "architecture": args.architecture}
     cfg = PRESETS[args.preset]
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.minutes is not None:
@@ -143,7 +146,7 @@ def _generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, seed, p
     model = load_pretrained(checkpoint, packed=packed)     # a minimmf run or a released directory
     if model.tokenizer is None:
         raise SystemExit(f"error: {checkpoint} has no tokenizer.json, so text cannot be encoded")
-    if packed:
+    if hasattr(model, "tune_threads"):
         model.tune_threads(n_tokens=2, rounds=2)           # 2 threads can be slower than 1 on a busy machine
     tok = model.tokenizer
     ids = tok.encode(prompt) if prompt else []

@@ -26,6 +26,15 @@ def describe(path) -> str:
     ck = load_checkpoint(path, with_optimizer=False)
     c, m = ck.model.config, ck.model
     size = sum(f.stat().st_size for f in Path(ck.path).iterdir() if f.is_file())
+    tok = f"{ck.tokenizer.kind}, {ck.tokenizer.vocab_size} tokens" if ck.tokenizer else "none"
+    t = ck.trainer
+    training = (f"training: step {t.get('step')}, {t.get('tokens', 0):,} tokens, {t.get('seconds', 0):.0f} s, "
+                f"data {t.get('data_source')}" if t else "training: no trainer state (a released checkpoint?)")
+    if getattr(m, "architecture", "mmfree") == "transformer++":
+        fields = ", ".join(f"{k}={v}" for k, v in vars(c).items()) if hasattr(c, "__dict__") else str(c)
+        return "\n".join([f"checkpoint: {ck.path}", f"model: Transformer++ baseline ({fields})",
+                          f"parameters: {m.num_params():,} (all float32)",
+                          f"size on disk: {size / 1e6:.2f} MB", f"tokenizer: {tok}", training])
     ternary = sum(W.size for p, W in leaves(m.params) if p.endswith(".W"))
     lines = [f"checkpoint: {ck.path}",
              f"model: L={c.num_hidden_layers} H={c.hidden_size} I={c.I} V={c.vocab_size} "
@@ -33,14 +42,10 @@ def describe(path) -> str:
              f"parameters: {m.num_params():,} ({ternary:,} ternary, {m.num_params() - ternary:,} float)",
              f"size on disk: {size / 1e6:.2f} MB (float32 latent weights); packed 2-bit ternary weights "
              f"would take {ternary / 4 / 1e6:.2f} MB",
-             f"tokenizer: {ck.tokenizer.kind + ', ' + str(ck.tokenizer.vocab_size) + ' tokens' if ck.tokenizer else 'none'}"]
-    t = ck.trainer
-    if t:
-        lines.append(f"training: step {t.get('step')}, {t.get('tokens', 0):,} tokens, "
-                     f"{t.get('seconds', 0):.0f} s, data {t.get('data_source')}")
+             f"tokenizer: {tok}", training]
     stats = code_statistics(m)
-    allz = sum(z * 1 for _, _, z, _ in stats) / max(len(stats), 1)
-    lines.append(f"ternary codes (fraction -1 / 0 / +1 per matrix; mean zero fraction {allz:.3f}):")
+    mean_zero = sum(z for _, _, z, _ in stats) / max(len(stats), 1)
+    lines.append(f"ternary codes (fraction -1 / 0 / +1 per matrix; mean zero fraction {mean_zero:.3f}):")
     for name, neg, zero, pos in stats:
         lines.append(f"  {name:32s} {neg:6.3f} {zero:6.3f} {pos:6.3f}")
     return "\n".join(lines)

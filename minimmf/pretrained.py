@@ -263,6 +263,11 @@ def load_pretrained(path, packed: bool = False):
     has a tokenizer.json, is ``model.tokenizer`` (else None).
     """
     pre = read_pretrained(path)
+    if pre.config.get("architecture") == "transformer++":    # the baseline (minimmf/baseline): float only
+        from .checkpoint import load_checkpoint
+        model = load_checkpoint(pre.path, with_optimizer=False).model
+        model.tokenizer = pre.tokenizer
+        return model
     try:
         cfg = MMfreeConfig.from_reference(pre.config)
     except ConfigError as e:
