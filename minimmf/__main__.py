@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--seed", type=int, help="random seed: the same seed gives the same run")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (ternary models like ~3e-3)")
+    t.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay on matrices (default 0.01)")
+    t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this (default 1.0; 0 = off)")
     t.add_argument("--batch-size", type=_positive_int, help="windows per step")
     t.add_argument("--seq-len", type=_positive_int, help="tokens per window")
     t.add_argument("--hidden-size", type=_positive_int, help="model width H")
@@ -121,7 +123,8 @@ def cmd_train(args) -> int:
     overrides = {"tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "steps": args.steps,
                  "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
                  "hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
-                 "eval_every": args.eval_every, "threads": args.threads, "architecture": args.architecture}
+                 "eval_every": args.eval_every, "threads": args.threads,
+                 "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "architecture": args.architecture}
     cfg = PRESETS[args.preset]
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.minutes is not None:
