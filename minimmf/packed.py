@@ -30,6 +30,7 @@ import numpy as np
 
 from .bitlinear import PackedBitLinear, pack_bitlinear
 from .config import MMfreeConfig
+from .kernels import decode
 from .model import MMfreeLM, check_params
 from .tree import leaves
 
@@ -204,6 +205,8 @@ class PackedMMfreeLM(MMfreeLM):
 
     def step(self, token_ids, state):
         with _numba_threads(self.num_threads):
+            if decode.applies(self, token_ids):               # one sequence: the fused decode kernels,
+                return decode.step(self, token_ids, state)    # the same numbers (kernels/decode.py)
             return super().step(token_ids, state)
 
     def tune_threads(self, n_tokens: int = 4, candidates=None, rounds: int = 3) -> int:

@@ -1,0 +1,117 @@
+"""Tests for minimmf/kernels/decode.py: the fused decode step gives the plain packed step's numbers, bit for bit.
+
+The specification is ``MMfreeLM.step`` run on the packed model (``model_forward`` with
+``bitlinear_packed_forward``); the fast path does the same float operations in the same order, with e^x left to
+NumPy, so logits and states must be equal exactly (the int8 codes and int32 sums inside are then equal too).
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minimmf
+from minimmf import bitlinear, quant
+from minimmf.generate import generate
+from minimmf.kernels import decode, fused
+from minimmf.model import MMfreeLM
+
+from strategies import seeds, tiny_configs
+
+pytestmark = pytest.mark.jit
+
+
+def _packed(config, seed, dtype=np.float32):
+    """A packed model with random (not zero) lower bounds, so every layer > 0 is really bounded."""
+    model = MMfreeLM.init(config, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    model.params["lower_bounds"][:] = rng.standard_normal(model.params["lower_bounds"].shape)
+    return model.pack()
+
+
+def _assert_steps_equal(packed, tokens):
+    """Feed tokens one by one through the plain and the fast step, handing each its own state back."""
+    s_plain = s_fast = packed.init_state(1)
+    for t in tokens:
+        tok = np.array([t])
+        l_plain, s_plain = MMfreeLM.step(packed, tok, s_plain)             # the specification
+        l_fast, s_fast = decode.step(packed, tok, s_fast)
+        assert l_fast.shape == l_plain.shape and l_fast.dtype == l_plain.dtype
+        np.testing.assert_array_equal(l_fast, l_plain)
+        assert len(s_fast.h) == len(s_plain.h)
+        for a, b in zip(s_fast.h, s_plain.h):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+@given(tiny_configs(), seeds(), st.sampled_from([np.float32, np.float64]))
+def test_fast_step_equals_the_plain_packed_step_bit_for_bit(config, seed, dtype):
+    """Over random shapes (heads > 1, explicit or default I, lower bounds on or off) and several steps with the
+    state handed over, the fused step's logits and states equal the plain packed step's exactly."""
+    tokens = np.random.default_rng(seed).integers(0, config.vocab_size, 4)
+    _assert_steps_equal(_packed(config, seed % 1000, dtype), tokens)
+
+
+@pytest.mark.parametrize("H, I", [(128, 256), (160, 200), (520, 1100)])
+def test_fast_step_is_exact_across_ternary_block_and_pairwise_sum_boundaries(H, I):
+    """Widths at, off and past the 128-input code block and NumPy's pairwise-sum split give the same bits."""
+    config = minimmf.MMfreeConfig(vocab_size=70, hidden_size=H, num_hidden_layers=2, intermediate_size=I)
+    _assert_steps_equal(_packed(config, 3), [1, 69, 5])
+
+
+def test_fast_step_continues_a_prefilled_state():
+    """A state from prefill handed to the fast step gives the logits of the plain step from that state."""
+    config = minimmf.MMfreeConfig(vocab_size=50, hidden_size=64, num_hidden_layers=3, num_heads=4)
+    packed = _packed(config, 7)
+    _, state = packed.prefill(np.array([[3, 1, 4, 1, 5]]))
+    tok = np.array([9])
+    np.testing.assert_array_equal(decode.step(packed, tok, state)[0], MMfreeLM.step(packed, tok, state)[0])
+
+
+def test_fast_step_leaves_its_inputs_unchanged():
+    """step never mutates the state it is given ("state is not changed")."""
+    config = minimmf.MMfreeConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2)
+    packed = _packed(config, 1)
+    _, state = packed.prefill(np.array([[1, 2]]))
+    before = [h.copy() for h in state.h]
+    decode.step(packed, np.array([3]), state)
+    for a, b in zip(state.h, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_packed_step_uses_the_fast_path_only_for_one_sequence_with_the_jit_on():
+    """PackedMMfreeLM.step routes B = 1 to the fused kernels when the JIT is on, else to the plain path."""
+    config = minimmf.MMfreeConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2)
+    packed = _packed(config, 2)
+    jit_on = not fused.numba.config.DISABLE_JIT
+    assert decode.applies(packed, np.array([1])) == jit_on
+    assert not decode.applies(packed, np.array([1, 2]))
+    with fused.reference_path():
+        assert not decode.applies(packed, np.array([1]))
+    state = packed.init_state(2)                                           # B = 2: the plain path
+    logits, _ = packed.step(np.array([1, 2]), state)
+    np.testing.assert_array_equal(logits, MMfreeLM.step(packed, np.array([1, 2]), state)[0])
+
+
+def test_fast_step_validates_its_inputs_like_the_plain_step():
+    """Out-of-range tokens and mismatched states are rejected with the plain step's errors."""
+    config = minimmf.MMfreeConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2)
+    packed = _packed(config, 2)
+    with pytest.raises(ValueError):
+        decode.step(packed, np.array([30]), packed.init_state(1))
+    with pytest.raises(ValueError):
+        decode.step(packed, np.array([1]), packed.init_state(2))
+
+
+def test_decode_constants_are_the_bitlinear_and_quantizer_constants():
+    """The kernels' copies of BitLinear's eps and the activation quantizer's constants are the library's."""
+    assert decode.BITLINEAR_EPS == bitlinear.BITLINEAR_EPS
+    assert (decode.ACT_QMAX, decode.ACT_EPS) == (quant.ACT_QMAX, quant.ACT_EPS)
+
+
+def test_fast_step_on_the_golden_model_gives_the_float_models_greedy_tokens(golden, golden_model):
+    """On the released reference's golden model, greedy decoding through the fast step gives the float
+    model's tokens, and its logits equal the plain packed step's."""
+    packed = golden_model.pack()
+    prompt = golden["input_ids"][0, :5]
+    assert list(generate(packed, prompt, 16, temperature=0)) == list(generate(golden_model, prompt, 16, temperature=0))
+    _assert_steps_equal(packed, golden["input_ids"][0, :6])
