@@ -39,7 +39,7 @@ BITLINEAR_EPS = 1e-6      # bitlinear.BITLINEAR_EPS (kernels may not import the 
 ACT_QMAX = 127            # quant.ACT_QMAX
 ACT_EPS = 1e-5            # quant.ACT_EPS
 
-# rows of a layer's stacked (10, H) float vectors
+# rows of a layer's stacked (9, H) float vectors: gains and the lower bound
 ATTN_NORM, G_F, G_I, G_G, G_NORM, G_O, MLP_NORM, G_GATE, LB = range(9)
 N_VECS = 9
 
