@@ -43,6 +43,9 @@ SHAPES = {  # SPEC §7
     "370m": minimmf.MMfreeConfig(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, intermediate_size=2816),
     "1.3b": minimmf.MMfreeConfig(vocab_size=32000, hidden_size=2048, num_hidden_layers=24, intermediate_size=5632),
     "tiny": minimmf.MMfreeConfig(vocab_size=4096, hidden_size=256, num_hidden_layers=2),   # a smoke test only
+    # the training presets of minimmf/train.py (generation speed of what `minimmf train` makes)
+    "tiny-preset": minimmf.MMfreeConfig(vocab_size=2048, hidden_size=128, num_hidden_layers=4, intermediate_size=256),
+    "small-preset": minimmf.MMfreeConfig(vocab_size=4096, hidden_size=256, num_hidden_layers=6, intermediate_size=512),
 }
 DEFAULT_SHAPES = ["370m", "1.3b"]
 PREFILL_T = 512
