@@ -24,8 +24,6 @@ if "--omp-passive" in sys.argv:                            # before the OpenMP r
     os.environ["OMP_WAIT_POLICY"] = "passive"
 
 import argparse                                            # noqa: E402
-import ctypes                                              # noqa: E402
-import glob                                                # noqa: E402
 import json                                                # noqa: E402
 import platform                                            # noqa: E402
 import time                                                # noqa: E402
@@ -53,23 +51,7 @@ PREFILL_T = 512
 
 # ----------------------------------------------------------------------------- threads and timing
 
-def _openblas_setter():
-    for lib in glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*.so*")):
-        h = ctypes.CDLL(lib)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(h, name):
-                return getattr(h, name)
-    return None
-
-
-_BLAS_SET = _openblas_setter()
-
-
-def set_threads(n: int) -> None:
-    """Both pools at n threads (Numba prange and OpenBLAS), so comparisons are like for like."""
-    numba.set_num_threads(n)
-    if _BLAS_SET is not None:
-        _BLAS_SET(n)
+from minimmf.threads import set_threads  # noqa: E402  (both pools, Numba's and OpenBLAS's, like for like)
 
 
 def median_time(fn, repeats: int) -> float:

@@ -14,8 +14,6 @@ Every time is the median of several repeats. Ratios > 1 mean the minimmf kernel 
 """
 
 import argparse
-import ctypes
-import glob
 import json
 import os
 import platform
@@ -58,24 +56,7 @@ def median_time(fn, repeats=9, inner=1, setup=None):
     return float(np.median(ts))
 
 
-def _openblas_setter():
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*.so*"))
-    for lib in libs:
-        h = ctypes.CDLL(lib)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(h, name):
-                return getattr(h, name)
-    return None
-
-
-_BLAS_SET = _openblas_setter()
-
-
-def set_threads(n):
-    """Use n threads in both pools (Numba prange and OpenBLAS), so each comparison is like for like."""
-    numba.set_num_threads(n)
-    if _BLAS_SET is not None:
-        _BLAS_SET(n)
+from minimmf.threads import set_threads  # noqa: E402  (both pools, Numba's and OpenBLAS's, like for like)
 
 
 def cpu_name():

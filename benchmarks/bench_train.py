@@ -17,8 +17,6 @@ process's maximum resident set size at the end.
 """
 
 import argparse
-import ctypes
-import glob
 import json
 import os
 import platform
@@ -43,23 +41,7 @@ SHAPES = {   # name: (V, H, L, I, B, T)
 }
 
 
-def _openblas_setter():
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*.so*"))
-    for lib in libs:
-        h = ctypes.CDLL(lib)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(h, name):
-                return getattr(h, name)
-    return None
-
-
-_BLAS_SET = _openblas_setter()
-
-
-def set_threads(n):
-    numba.set_num_threads(n)
-    if _BLAS_SET is not None:
-        _BLAS_SET(n)
+from minimmf.threads import set_threads  # noqa: E402  (both pools, Numba's and OpenBLAS's, like for like)
 
 
 class Trainer:
