@@ -30,7 +30,7 @@ from .block import block_backward, block_forward
 from .config import MMfreeConfig
 from .kernels import fused
 from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .lm import LanguageModel
 from .mlgru import LowerBoundCache, lower_bounds_backward, lower_bounds_forward
 from .tree import leaves
 
@@ -151,66 +151,18 @@ def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
 
 # ----------------------------------------------------------------------------- the model object
 
-class MMfreeLM:
-    """A MatMul-free LM: a config and a parameter tree, with the public API.
+class MMfreeLM(LanguageModel):
+    """A MatMul-free LM: a config and a parameter tree, with the public API (``lm.py``).
 
     ``forward(input_ids) -> logits``; ``loss_and_grads(input_ids, labels) -> (loss, grads)``;
     ``init_state(B)`` and ``step(token_ids, state) -> (logits, state)`` for recurrent decoding;
     ``pack()`` for integer inference on packed 2-bit weights.
     """
 
-    def __init__(self, config: MMfreeConfig, params: dict):
-        check_params(params, config)
-        self.config = config
-        self.params = params
-
-    @classmethod
-    def init(cls, config: MMfreeConfig, seed: int = 0, dtype=np.float32) -> "MMfreeLM":
-        """A freshly initialized model (reference initialization, SPEC §6)."""
-        return cls(config, init_params(config, seed, dtype))
-
-    @property
-    def dtype(self):
-        return self.params["embeddings"].dtype
-
-    def num_params(self) -> int:
-        return sum(int(np.size(a)) for _, a in leaves(self.params))
-
-    # -- full sequences
-
-    def forward(self, input_ids) -> np.ndarray:
-        """Logits for every position. Shapes: input_ids (B, T) int -> (B, T, V)."""
-        return self.prefill(input_ids)[0]
-
-    def prefill(self, input_ids, state: State | None = None):
-        """Run a whole sequence (optionally continuing ``state``). Returns (logits (B, T, V), state)."""
-        ids = validate.token_ids(input_ids, self.config.vocab_size)
-        if state is not None:
-            self._check_state(state, ids.shape[0])
-        logits, _, new_state = model_forward(self._forward_params(), self.config, ids, state)
-        return logits, new_state
-
-    def loss_and_grads(self, input_ids, labels):
-        """Mean shifted cross-entropy and its gradient tree (keys and shapes of ``params``).
-
-        Position t predicts labels[t + 1]; labels equal to -100 are ignored.
-        """
-        ids = validate.token_ids(input_ids, self.config.vocab_size)
-        lab = validate.labels(labels, ids.shape, self.config.vocab_size)
-        logits, cache, _ = model_forward(self.params, self.config, ids)
-        loss, c_loss = cross_entropy_forward(logits, lab)
-        if not np.isfinite(loss):
-            check_params(self.params, self.config)   # names the bad parameter if there is one
-            raise FloatingPointError(f"loss is {loss}: the forward pass overflowed")
-        grads = model_backward(cross_entropy_backward(c_loss), cache)
-        return loss, grads
-
-    def loss(self, input_ids, labels) -> float:
-        """Mean shifted cross-entropy, without gradients."""
-        ids = validate.token_ids(input_ids, self.config.vocab_size)
-        lab = validate.labels(labels, ids.shape, self.config.vocab_size)
-        logits, _, _ = model_forward(self._forward_params(), self.config, ids)
-        return cross_entropy_forward(logits, lab)[0]
+    _model_forward = staticmethod(model_forward)
+    _model_backward = staticmethod(model_backward)
+    _check_params = staticmethod(lambda params, config: check_params(params, config))   # defined below
+    _init_params = staticmethod(init_params)
 
     # -- recurrent decoding
 
@@ -222,16 +174,6 @@ class MMfreeLM:
         return State(tuple(np.zeros((batch_size, H), self.dtype)
                            for _ in range(self.config.num_hidden_layers)))
 
-    def step(self, token_ids, state: State):
-        """Feed one token per sequence. Returns (logits (B, V), new state); ``state`` is not changed.
-
-        Repeated steps give the same logits as ``forward`` on the whole sequence.
-        """
-        ids = validate.token_ids(token_ids, self.config.vocab_size, "token_ids", ndim=1)
-        self._check_state(state, ids.shape[0])
-        logits, _, new_state = model_forward(self._forward_params(), self.config, ids[:, None], state)
-        return logits[:, 0], new_state
-
     def _check_state(self, state, B: int):
         L, H = self.config.num_hidden_layers, self.config.hidden_size
         if not isinstance(state, State) or len(state.h) != L:
@@ -242,9 +184,6 @@ class MMfreeLM:
                              f"for a batch of {B}: use init_state({B})")
 
     # -- packed integer inference
-
-    def _forward_params(self) -> dict:
-        return self.params
 
     def pack(self) -> "PackedMMfreeLM":
         """A copy for inference whose BitLinears hold packed 2-bit codes and one scale each."""

@@ -21,7 +21,6 @@ matrices, a V×H head), so the two are compared at the same parameter count.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,7 +30,7 @@ from .. import validate
 from ..functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
 from ..glu import intermediate_size_for
 from ..kernels import fused
-from ..loss import cross_entropy_backward, cross_entropy_forward
+from ..lm import LanguageModel
 from ..tree import leaves
 from .layers import (AttentionCache, SwiGLUCache, attention_backward, attention_forward,
                      linear_backward, linear_forward, LinearCache, swiglu_backward, swiglu_forward)
@@ -201,55 +200,15 @@ def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
 
 # ----------------------------------------------------------------------------- the model object
 
-class TransformerPP:
-    """A Transformer++ LM with MMfreeLM's interface: ``forward``, ``prefill``, ``loss_and_grads``, ``loss``,
-    ``init_state`` / ``step`` (KV-cache decoding), ``num_params``, ``params``, ``config``."""
+class TransformerPP(LanguageModel):
+    """A Transformer++ LM with MMfreeLM's interface (``lm.py``): ``forward``, ``prefill``, ``loss_and_grads``,
+    ``loss``, ``init_state`` / ``step`` (KV-cache decoding), ``num_params``, ``params``, ``config``."""
 
     architecture = ARCHITECTURE
-
-    def __init__(self, config: TransformerConfig, params: dict):
-        check_params(params, config)
-        self.config = config
-        self.params = params
-
-    @classmethod
-    def init(cls, config: TransformerConfig, seed: int = 0, dtype=np.float32) -> "TransformerPP":
-        return cls(config, init_params(config, seed, dtype))
-
-    @property
-    def dtype(self):
-        return self.params["embeddings"].dtype
-
-    def num_params(self) -> int:
-        return sum(int(np.size(a)) for _, a in leaves(self.params))
-
-    def forward(self, input_ids) -> np.ndarray:
-        """Logits for every position. Shapes: input_ids (B, T) int -> (B, T, V)."""
-        return self.prefill(input_ids)[0]
-
-    def prefill(self, input_ids, state: KVCache | None = None):
-        """Run a whole sequence (optionally continuing ``state``). Returns (logits (B, T, V), state)."""
-        ids = validate.token_ids(input_ids, self.config.vocab_size)
-        if state is not None:
-            self._check_state(state, ids.shape[0])
-        logits, _, new_state = model_forward(self.params, self.config, ids, state)
-        return logits, new_state
-
-    def loss_and_grads(self, input_ids, labels):
-        """Mean shifted cross-entropy (position t predicts labels[t + 1], -100 ignored) and its gradient tree."""
-        ids = validate.token_ids(input_ids, self.config.vocab_size)
-        lab = validate.labels(labels, ids.shape, self.config.vocab_size)
-        logits, cache, _ = model_forward(self.params, self.config, ids)
-        loss, c_loss = cross_entropy_forward(logits, lab)
-        if not math.isfinite(loss):
-            check_params(self.params, self.config)
-            raise FloatingPointError(f"loss is {loss}: the forward pass overflowed")
-        return loss, model_backward(cross_entropy_backward(c_loss), cache)
-
-    def loss(self, input_ids, labels) -> float:
-        ids = validate.token_ids(input_ids, self.config.vocab_size)
-        lab = validate.labels(labels, ids.shape, self.config.vocab_size)
-        return cross_entropy_forward(model_forward(self.params, self.config, ids)[0], lab)[0]
+    _model_forward = staticmethod(model_forward)
+    _model_backward = staticmethod(model_backward)
+    _check_params = staticmethod(lambda params, config: check_params(params, config))   # defined below
+    _init_params = staticmethod(init_params)
 
     def init_state(self, batch_size: int) -> KVCache:
         """An empty KV cache: S = 0 positions in every layer."""
@@ -259,13 +218,6 @@ class TransformerPP:
         empty = lambda: np.zeros((batch_size, c.num_heads, 0, c.hidden_size // c.num_heads), self.dtype)  # noqa
         L = c.num_hidden_layers
         return KVCache(tuple(empty() for _ in range(L)), tuple(empty() for _ in range(L)))
-
-    def step(self, token_ids, state: KVCache):
-        """Feed one token per sequence. Returns (logits (B, V), new state: the cache one position longer)."""
-        ids = validate.token_ids(token_ids, self.config.vocab_size, "token_ids", ndim=1)
-        self._check_state(state, ids.shape[0])
-        logits, _, new_state = model_forward(self.params, self.config, ids[:, None], state)
-        return logits[:, 0], new_state
 
     def kv_cache_bytes(self, batch_size: int, length: int) -> int:
         """Bytes of the KV cache after ``length`` tokens: 2 L B S H numbers."""
