@@ -32,6 +32,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from .fileio import install_directory
 from .interop import from_reference, to_reference
 from .model import MMfreeLM
 from .optim import AdamW
@@ -87,20 +88,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run_dir, model: MMfreeLM, tokenizer=None, optimizer: AdamW | None = None,
                     trainer: dict | None = None) -> Path:
     """Write ``run_dir/checkpoint/`` atomically. Returns its path."""
@@ -133,24 +120,7 @@ def save_checkpoint(run_dir, model: MMfreeLM, tokenizer=None, optimizer: AdamW |
         manifest = {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
                     for f in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        umask = _umask()
-        for f in tmp.iterdir():                                  # flush file contents to disk
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(f, 0o666 & ~umask)                          # ordinary permissions, not mkstemp's
-        os.chmod(tmp, 0o777 & ~umask)
-        _fsync_dir(tmp)
-        target = run_dir / CHECKPOINT_DIRNAME
-        aside = None
-        if target.exists():
-            aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=run_dir))
-            os.rmdir(aside)
-            os.replace(target, aside)                            # 1: old checkpoint aside
-        os.replace(tmp, target)                                  # 2: new checkpoint in place
-        _fsync_dir(run_dir)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-        return target
+        return install_directory(tmp, run_dir / CHECKPOINT_DIRNAME, _ASIDE_PREFIX)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

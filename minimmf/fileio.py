@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,3 +22,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def install_directory(tmp: Path, target: Path, aside_prefix: str) -> Path:
+    """Put the fully written directory ``tmp`` at ``target`` so that a crash leaves the old or the new one.
+
+    Every file in ``tmp`` is flushed to disk and given ordinary permissions (mkdtemp/mkstemp make them
+    private); an existing ``target`` is first renamed to a sibling starting with ``aside_prefix`` (so a
+    reader can recover it if the process dies between the two renames), then ``tmp`` is renamed into
+    place and the old directory deleted.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(f, 0o666 & ~umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    _fsync_dir(tmp)
+    aside = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=aside_prefix, dir=target.parent))
+        os.rmdir(aside)
+        os.replace(target, aside)                                # 1: the old directory aside
+    os.replace(tmp, target)                                      # 2: the new one in place
+    _fsync_dir(target.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -27,7 +27,6 @@ Every problem is a ``CheckpointError`` (a ValueError) naming the file, tensor or
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, checkpoint_dir, _verify_manifest
 from .config import ConfigError, MMfreeConfig
+from .fileio import install_directory
 from .interop import from_reference, to_reference
 
 SINGLE_FILE = "model.safetensors"
@@ -346,21 +346,7 @@ def export_hf(src, out, dtype: str | None = None, max_shard_bytes: int | None = 
         for name in AUX_FILES:
             if (pre.path / name).exists():
                 shutil.copyfile(pre.path / name, tmp / name)
-        for f in tmp.iterdir():                                   # contents on disk before the rename
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)                             # mkdtemp makes 0o700
-        aside = None
-        if out.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rmdir(aside)
-            os.replace(out, aside)
-        os.replace(tmp, out)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-        return out
+        return install_directory(tmp, out, f".{out.name}.old-")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
