@@ -1,159 +1,216 @@
-"""Training throughput of minimmf at the presets' model shapes: fused kernels vs the NumPy reference, 1 vs 2 threads.
+"""Training throughput of minimmf at the presets' shapes: this working tree against an older commit, side by side.
 
-    python benchmarks/bench_train.py [--json PATH] [--repeats N] [--shapes tiny,char,small]
+    python benchmarks/bench_train.py [--against COMMIT] [--shapes tiny,char,small] [--threads 1,2] [--rounds N]
+                                     [--json PATH]
 
 One training step = ``model.loss_and_grads(batch, batch)`` + ``clip_grads`` + ``AdamW.step`` on random tokens,
-as ``minimmf/train.py`` runs it. For each shape every cell (path x threads) is timed in turn, round after round,
-so a change in the machine's load hits all cells alike; each number is the median over the rounds.
+as ``minimmf train`` runs it (with the process set up as ``minimmf train`` sets it up, where the code has such a
+setup). Every (code, threads) cell of a shape runs in its own worker process, started from the root of its code:
+this tree, and the files of commit ``--against`` (``git archive``; default: none, this tree alone) in a
+temporary directory, so each imports its own ``minimmf``. The workers take turns, round after round: each turn runs steps for about
+``--turn`` seconds and reports their median; a change in the machine's load hits every cell alike. Each number
+printed is the median over the rounds.
 
-    tiny   train.PRESETS["tiny"]:  V 2048, H 128, L 4, I 256, batch 16 x 128 tokens
-    char   nanoGPT's baby Shakespeare-char shape: V 65, H 128, L 4, I from the released rule, batch 12 x 64
-    small  train.PRESETS["small"]: V 4096, H 256, L 6, I 512, batch 16 x 256 tokens
+    tiny   the `tiny` preset: V 2048, H 128, L 4, I 256, batch 16 x 128 tokens
+    char   nanoGPT's baby Shakespeare-char shape: V 65, H 128, L 4, I 512 (the released rule), batch 12 x 64
+    small  the `small` preset: V 4096, H 256, L 6, I 512, batch 16 x 256 tokens
 
-"reference" runs every module's plain-NumPy code (``kernels.fused.reference_path()``), "fused" the Numba
-kernels; both give the same numbers (tests/test_kernels_fused.py). Threads: both pools (OpenBLAS and Numba) are
-set to the same count. Peak memory: tracemalloc's peak over one step (NumPy's buffers included), and the
-process's maximum resident set size at the end.
+Threads: both pools (OpenBLAS and Numba) are set to the same count, once per worker. The CPU model and the load
+average at start and end are printed: on a shared machine, read the 2-thread cells with care.
 """
+from __future__ import annotations
 
 import argparse
 import json
 import os
 import platform
-import resource
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
+from pathlib import Path
 
-import minimmf.kernels  # noqa: F401  (configures Numba and OpenBLAS before NumPy does anything)
-import numba
-import numpy as np
-
-from minimmf.config import MMfreeConfig
-from minimmf.kernels import fused
-from minimmf.model import MMfreeLM
-from minimmf.optim import AdamW, clip_grads
+ROOT = Path(__file__).resolve().parent.parent
 
 SHAPES = {   # name: (V, H, L, I, B, T)
     "tiny": (2048, 128, 4, 256, 16, 128),
-    "char": (65, 128, 4, None, 12, 64),
+    "char": (65, 128, 4, 512, 12, 64),
     "small": (4096, 256, 6, 512, 16, 256),
 }
 
+# The worker: runs in the root of one code version (so `import minimmf` is that version's), reads "seconds\n"
+# from stdin, trains steps for about that long, answers with the per-step times; "quit" ends it.
+WORKER = r"""
+import json, sys, time
+import minimmf.kernels                      # configures Numba and OpenBLAS before NumPy does anything
+import numpy as np
+from minimmf.config import MMfreeConfig
+from minimmf.model import MMfreeLM
+from minimmf.optim import AdamW, clip_grads
+from minimmf.threads import set_threads
+try:                                        # the process setup `minimmf train` does (newer code only)
+    from minimmf.recipes import prepare_process
+except ImportError:
+    prepare_process = None
+V, H, L, I, B, T, threads = json.loads(sys.argv[1])
+set_threads(threads)
+model = MMfreeLM.init(MMfreeConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, intermediate_size=I), seed=0)
+opt = AdamW(lr=1e-3)
+rng = np.random.default_rng(0)
+if prepare_process is not None:
+    prepare_process()
 
-from minimmf.threads import set_threads  # noqa: E402  (both pools, Numba's and OpenBLAS's, like for like)
+def step():
+    batch = rng.integers(0, V, (B, T))
+    t0 = time.perf_counter()
+    loss, grads = model.loss_and_grads(batch, batch)
+    grads, _ = clip_grads(grads, 1.0)
+    opt.step(model.params, grads)
+    return time.perf_counter() - t0
+
+for _ in range(3):
+    step()
+print(json.dumps({"ready": True, "params": model.num_params(), "I": model.config.I}), flush=True)
+for line in sys.stdin:
+    if line.strip() == "quit":
+        break
+    budget, times = float(line), []
+    t_end = time.perf_counter() + budget
+    while not times or time.perf_counter() < t_end:
+        times.append(step())
+    print(json.dumps(times), flush=True)
+"""
 
 
-class Trainer:
-    """A model, an optimizer and a fixed stream of random batches for one shape."""
+class Worker:
+    def __init__(self, root: Path, shape, threads: int):
+        env = dict(os.environ)
+        env.setdefault("NUMBA_CACHE_DIR", str(root / ".numba_cache"))
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([*shape, threads])], cwd=root,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = json.loads(self._read())
 
-    def __init__(self, shape):
-        V, H, L, I, B, T = shape
-        self.config = MMfreeConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, intermediate_size=I)
-        self.model = MMfreeLM.init(self.config, seed=0)
-        self.opt = AdamW(lr=1e-3)
-        self.rng = np.random.default_rng(0)
-        self.B, self.T, self.V = B, T, V
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a benchmark worker died (exit code {self.proc.wait()}); see its error above")
+        return line
 
-    def step(self):
-        batch = self.rng.integers(0, self.V, (self.B, self.T))
-        loss, grads = self.model.loss_and_grads(batch, batch)
-        grads, _ = clip_grads(grads, 1.0)
-        self.opt.step(self.model.params, grads)
-        return loss
+    def turn(self, seconds: float) -> list[float]:
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read())
 
-
-def run_cell(trainer, path, threads):
-    set_threads(threads)
-    with fused.reference_path(path == "reference"):
-        t0 = time.perf_counter()
-        trainer.step()
-        return time.perf_counter() - t0
-
-
-def peak_bytes(trainer, path):
-    with fused.reference_path(path == "reference"):
-        tracemalloc.start()
-        trainer.step()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.proc.wait()
 
 
-def bench_shape(name, repeats, threads_list):
+def old_tree(commit: str) -> Path:
+    """The files of ``commit`` (``git archive``) in a temporary directory; ``remove_tree`` deletes it."""
+    path = Path(tempfile.mkdtemp(prefix="minimmf-bench-")) / commit
+    path.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
+    return path
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def bench_shape(name: str, codes: dict, threads_list, rounds: int, turn: float) -> dict:
     V, H, L, I, B, T = SHAPES[name]
-    trainers = {(p, n): Trainer(SHAPES[name]) for p in ("reference", "fused") for n in threads_list}
-    cfg = next(iter(trainers.values())).config
-    print(f"\n## {name}: V {V}, H {H}, L {L}, I {cfg.I}, batch {B} x {T} = {B * T} tokens/step, "
-          f"{next(iter(trainers.values())).model.num_params():,} parameters")
-    for (p, n), tr in trainers.items():          # warm-up: compile, fault in the optimizer state
-        for _ in range(2):
-            run_cell(tr, p, n)
-    times = {k: [] for k in trainers}
-    for _ in range(repeats):
-        for k, tr in trainers.items():
-            times[k].append(run_cell(tr, *k))
+    workers = {(c, n): Worker(root, SHAPES[name], n) for c, root in codes.items() for n in threads_list}
+    info = next(iter(workers.values())).info
+    print(f"\n## {name}: V {V}, H {H}, L {L}, I {info['I']}, batch {B} x {T} = {B * T} tokens/step, "
+          f"{info['params']:,} parameters", flush=True)
+    per_round = {k: [] for k in workers}
+    try:
+        for _ in range(rounds):
+            for k, w in workers.items():
+                per_round[k].append(statistics.median(w.turn(turn)))
+                time.sleep(0.2)                       # let the idle pools of the last worker go quiet
+    finally:
+        for w in workers.values():
+            w.close()
     rows = {}
-    for (p, n), ts in times.items():
-        med = float(np.median(ts))
-        rows[f"{p}/{n}t"] = {"path": p, "threads": n, "ms_per_step": med * 1e3,
-                             "tokens_per_s": B * T / med, "spread": [min(ts) * 1e3, max(ts) * 1e3]}
-    set_threads(max(threads_list))
-    for p in ("reference", "fused"):
-        peak = peak_bytes(trainers[(p, max(threads_list))], p)
-        for r in rows.values():
-            if r["path"] == p:
-                r["tracemalloc_peak_MiB"] = peak / 2**20
+    for (c, n), ts in per_round.items():
+        med = statistics.median(ts)
+        rows[f"{c}/{n}t"] = {"code": c, "threads": n, "ms_per_step": med * 1e3, "tokens_per_s": B * T / med,
+                             "spread_ms": [min(ts) * 1e3, max(ts) * 1e3]}
     unit = "chars/s" if name == "char" else "tokens/s"
-    print(f"| path | threads | ms/step (median, min-max) | {unit} | peak MiB (tracemalloc, 1 step) |")
-    print("|---|---|---|---|---|")
+    print(f"| code | threads | ms/step (median of {rounds} rounds; min-max) | {unit} |")
+    print("|---|---|---|---|")
     for r in rows.values():
-        print(f"| {r['path']} | {r['threads']} | {r['ms_per_step']:.1f} ({r['spread'][0]:.1f}-{r['spread'][1]:.1f}) "
-              f"| {r['tokens_per_s']:,.0f} | {r['tracemalloc_peak_MiB']:.1f} |")
-    for n in threads_list:
-        sp = rows[f"reference/{n}t"]["ms_per_step"] / rows[f"fused/{n}t"]["ms_per_step"]
-        print(f"fused vs reference, {n} thread(s): {sp:.2f}x")
+        print(f"| {r['code']} | {r['threads']} | {r['ms_per_step']:.1f} ({r['spread_ms'][0]:.1f}-"
+              f"{r['spread_ms'][1]:.1f}) | {r['tokens_per_s']:,.0f} |")
+    names = list(codes)
+    if len(names) == 2:
+        for n in threads_list:
+            sp = rows[f"{names[1]}/{n}t"]["ms_per_step"] / rows[f"{names[0]}/{n}t"]["ms_per_step"]
+            print(f"{names[0]} vs {names[1]}, {n} thread(s): {sp:.2f}x")
     if len(threads_list) > 1:
-        for p in ("reference", "fused"):
-            sp = rows[f"{p}/1t"]["ms_per_step"] / rows[f"{p}/{max(threads_list)}t"]["ms_per_step"]
-            print(f"{p}: {max(threads_list)} threads vs 1: {sp:.2f}x")
-    return {"shape": {"V": V, "H": H, "L": L, "I": cfg.I, "B": B, "T": T}, "cells": rows}
+        for c in names:
+            sp = rows[f"{c}/{threads_list[0]}t"]["ms_per_step"] / rows[f"{c}/{threads_list[-1]}t"]["ms_per_step"]
+            print(f"{c}: {threads_list[-1]} threads vs {threads_list[0]}: {sp:.2f}x")
+    return {"shape": {"V": V, "H": H, "L": L, "I": info["I"], "B": B, "T": T}, "cells": rows}
 
 
-def header():
+def header(codes: dict) -> dict:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     import llvmlite.binding as ll
-    info = {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "llvm_cpu": ll.get_host_cpu_name(),
-            "cores": os.cpu_count(), "numba_threading_layer_max_threads": numba.config.NUMBA_NUM_THREADS,
-            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+    import numba
+    import numpy as np
+    info = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu, "llvm_cpu": ll.get_host_cpu_name(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "codes": {c: str(p) for c, p in codes.items()},
             "load_average_at_start": os.getloadavg()[0]}
-    print("# minimmf training throughput  (" + ", ".join(f"{k} {v}" for k, v in info.items()) + ")")
+    print("# minimmf training throughput  (" + ", ".join(f"{k} {v}" for k, v in info.items()) + ")", flush=True)
     return info
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", help="also write the results to this JSON file")
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per shape (default 7)")
-    ap.add_argument("--shapes", default="tiny,char,small", help="comma-separated subset of " + ",".join(SHAPES))
+    ap.add_argument("--against", help="also run this commit (e.g. c80597e), from its files in a temporary directory")
+    ap.add_argument("--shapes", default="tiny,char", help="comma-separated subset of " + ",".join(SHAPES))
     ap.add_argument("--threads", default="1,2", help="thread counts to compare (default 1,2)")
+    ap.add_argument("--rounds", type=int, default=7, help="turns per cell (default 7)")
+    ap.add_argument("--turn", type=float, default=1.5, help="seconds of steps per turn (default 1.5)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
-    results = {"env": header(), "shapes": {}}
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        raise SystemExit(f"--shapes: unknown {sorted(unknown)}; choose from {', '.join(SHAPES)}")
     threads_list = [int(t) for t in args.threads.split(",")]
-    t0 = time.perf_counter()
-    for name in args.shapes.split(","):
-        results["shapes"][name] = bench_shape(name, args.repeats if name != "small" else max(3, args.repeats // 2),
-                                              threads_list)
-    results["env"]["maxrss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    old = old_tree(args.against) if args.against else None
+    codes = ({f"old {args.against}": old} if old else {}) | {"this tree": ROOT}
+    try:
+        results = {"env": header(codes), "shapes": {}}
+        t0 = time.perf_counter()
+        for name in args.shapes.split(","):
+            results["shapes"][name] = bench_shape(name, codes, threads_list, args.rounds, args.turn)
+    finally:
+        if old:
+            remove_tree(old)
     results["env"]["load_average_at_end"] = os.getloadavg()[0]
     results["env"]["wall_s"] = time.perf_counter() - t0
-    print(f"\nprocess max RSS {results['env']['maxrss_MiB']:.0f} MiB; load average at end "
+    print(f"\nload average at start {results['env']['load_average_at_start']:.2f}, at end "
           f"{results['env']['load_average_at_end']:.2f}; {results['env']['wall_s']:.0f} s")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        Path(args.json).write_text(json.dumps(results, indent=1))
     return results
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
