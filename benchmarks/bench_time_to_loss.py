@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this tree's minimmf, not an installed one
+
 # (seconds, nats/char): nanoGPT's baby character model, quoted above
 NANOGPT = {1: (69, 1.898), 2: (120, 1.759), 5: (300, 1.579), 10: (660, 1.521)}
 BLOCK = 64                       # nanoGPT's block size: the evaluation windows
