@@ -51,7 +51,7 @@ from minimmf.model import MMfreeLM
 from minimmf.optim import AdamW, clip_grads
 from minimmf.threads import set_threads
 try:                                        # the process setup `minimmf train` does (newer code only)
-    from minimmf.recipes import prepare_process
+    from minimmf.fast.memory import prepare_process
 except ImportError:
     prepare_process = None
 V, H, L, I, B, T, threads = json.loads(sys.argv[1])

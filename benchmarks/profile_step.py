@@ -50,7 +50,7 @@ def worker(shape: str, steps: int, ctl: str | None, out: str) -> None:
     from minimmf.optim import AdamW, clip_grads
     from minimmf.threads import set_threads
     try:
-        from minimmf.recipes import prepare_process
+        from minimmf.fast.memory import prepare_process
     except ImportError:
         prepare_process = None
     V, H, L, I, B, T = SHAPES[shape]
