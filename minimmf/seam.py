@@ -42,6 +42,7 @@ class Twin(NamedTuple):
     twin: str                  # the fast twin's module (same function names)
     functions: tuple           # the functions the seam dispatches
     depends: tuple             # modules whose edits the twin cannot see (it has their math built in)
+    mirrors: tuple = ()        # other layers whose math the twin has built in: it runs only while they do
 
 
 # The table: every dispatched layer, in the order the canary checks them (a layer's twin may call an earlier one
@@ -65,7 +66,8 @@ TWINS = {
                    ("minimmf.baseline.layers", "minimmf.functional")),
     "packed_step": Twin("packed one-token step", "minimmf.packed", "minimmf.fast.decode", ("packed_step",),
                         ("minimmf.packed", "minimmf.model", "minimmf.block", "minimmf.mlgru", "minimmf.glu",
-                         "minimmf.bitlinear", "minimmf.quant", "minimmf.functional")),
+                         "minimmf.bitlinear", "minimmf.quant", "minimmf.functional"),
+                        ("rmsnorm", "bitlinear", "mlgru", "glu")),
 }
 
 
@@ -200,7 +202,8 @@ def _choose(name: str) -> None:
         path = "reference"
     if path == "auto":
         watch()
-        on = not (_seam.changed & {t.reference, *t.depends}) and _canary(name)
+        on = (not (_seam.changed & {t.reference, *t.depends}) and all(_canary(m) for m in t.mirrors)
+              and _canary(name))
     else:
         on = path == "fast"
     src = importlib.import_module(t.twin if on else t.reference)
@@ -217,9 +220,10 @@ def _canary(name: str) -> bool:
         t0 = time.perf_counter()
         _seam.canary[name] = ok = canary.agrees(name)
         _seam.canary_seconds += time.perf_counter() - t0
+        also = [file_of(m) for m in t.depends if m != t.reference]
         if not ok:
-            print(f"{file_of(t.reference)} differs from {file_of(t.twin)}: using the reference for the "
-                  f"{t.label}", file=sys.stderr)
+            print(f"{file_of(t.reference)} differs from {file_of(t.twin)}: using the reference for the {t.label}"
+                  + (f" (its math includes {', '.join(also)})" if also and len(also) < 3 else ""), file=sys.stderr)
     return _seam.canary[name]
 
 

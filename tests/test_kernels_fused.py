@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minimmf
-from minimmf import functional, glu, loss, mlgru, quant, seam
+from minimmf import functional, loss, quant, seam
 from minimmf.bitlinear import bitlinear_backward, bitlinear_forward
 from minimmf.fast import bitlinear as fast_bitlinear, loss as fast_loss
 from minimmf.kernels import fused

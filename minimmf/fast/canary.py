@@ -75,8 +75,10 @@ def _bitlinear(f, rng):
     from ..bitlinear import pack_bitlinear
     x, p = _normal(rng, 2, 3, 8), _bitlinear_params(rng, 6, 8)
     y, cache = f.bitlinear_forward(x, p)
+    # W s_w = ±1/2, ±3/2 exactly (mean|W| = 1/4): the weight quantizer's rounding ties are on the canary too
+    ties = {"W": np.float32(0.25) * np.array([[0.5, -1.5, 0.5, -1.5, 1, -1, 1, -1]] * 6, np.float32), "g": p["g"]}
     return {"forward": y, "cache": cache, "backward": f.bitlinear_backward(_normal(rng, 2, 3, 6), cache),
-            "packed forward": f.bitlinear_forward(x, pack_bitlinear(p))}
+            "packed forward": f.bitlinear_forward(x, pack_bitlinear(p)), "ties": f.bitlinear_forward(x, ties)}
 
 
 def _mlgru(f, rng):
