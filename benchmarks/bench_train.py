@@ -10,7 +10,7 @@ so a change in the machine's load hits all cells alike; each number is the media
     char   nanoGPT's baby Shakespeare-char shape: V 65, H 128, L 4, I from the released rule, batch 12 x 64
     small  train.PRESETS["small"]: V 4096, H 256, L 6, I 512, batch 16 x 256 tokens
 
-"reference" runs every module's plain-NumPy code (``kernels.fused.reference_path()``), "fused" the Numba
+"reference" runs every module's plain-NumPy code (``seam.using("reference")``), "fused" the Numba
 kernels; both give the same numbers (tests/test_kernels_fused.py). Threads: both pools (OpenBLAS and Numba) are
 set to the same count. Peak memory: tracemalloc's peak over one step (NumPy's buffers included), and the
 process's maximum resident set size at the end.
@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from minimmf.config import MMfreeConfig
-from minimmf.kernels import fused
+from minimmf import seam
 from minimmf.model import MMfreeLM
 from minimmf.optim import AdamW, clip_grads
 
@@ -65,14 +65,14 @@ class Trainer:
 
 def run_cell(trainer, path, threads):
     set_threads(threads)
-    with fused.reference_path(path == "reference"):
+    with seam.using("reference" if path == "reference" else "fast"):
         t0 = time.perf_counter()
         trainer.step()
         return time.perf_counter() - t0
 
 
 def peak_bytes(trainer, path):
-    with fused.reference_path(path == "reference"):
+    with seam.using("reference" if path == "reference" else "fast"):
         tracemalloc.start()
         trainer.step()
         peak = tracemalloc.get_traced_memory()[1]

@@ -43,3 +43,16 @@ def golden() -> Golden:
 def golden_model(golden):
     import minimmf
     return minimmf.from_reference(golden.config, golden.state_dict)
+
+
+# Every golden model test runs on both paths of the seam (minimmf/seam.py): the readable layers and the fast twins.
+# Without the JIT the twins would be plain-Python loops, so that pass checks the readable layers only.
+PATHS = ["reference"] if os.environ.get("NUMBA_DISABLE_JIT") == "1" else ["reference", "fast"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    """Run the test with every layer on one path: 'reference' (the layer files) or 'fast' (their twins)."""
+    from minimmf import seam
+    with seam.using(request.param):
+        yield request.param
