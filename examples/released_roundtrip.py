@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 import minimmf
-
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "official_A.npz"
+from minimmf import golden
 
 
 def main(out: Path) -> dict:
-    z = np.load(FIXTURE)
+    z = golden.load()                                          # minimmf/golden/official_A.npz
     config = json.loads(str(z["config_json"]))
     state_dict = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
     model = minimmf.from_reference(config, state_dict)

@@ -8,7 +8,7 @@
     paper-figures  the paper's numbers, simulated / derived / quoted (--json: one JSON object)
 
 The model is the tiny trained one (``--model tiny``, trained in a few seconds) or the golden fixture of the
-test suite (``--model golden``, tests/fixtures/official_A.npz: random weights, no training).
+test suite (``--model golden``, minimmf/golden/official_A.npz: random weights, no training).
 """
 from __future__ import annotations
 
@@ -16,17 +16,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 
 def load_model(name: str):
     if name == "golden":
-        import minimmf
-        z = np.load(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "official_A.npz")
-        return minimmf.from_reference(json.loads(str(z["config_json"])),
-                                      {k[6:]: z[k] for k in z.files if k.startswith("param/")})
+        from minimmf import golden
+        return golden.model()
     from .tiny import tiny_model
     return tiny_model()
 

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minimmf",
         description="The MatMul-free language model (Zhu et al., 2024) in NumPy and Numba: "
                     "train a tiny one on your laptop, generate text, inspect checkpoints.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"minimmf {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model (default: the 'tiny' preset on Shakespeare)",

@@ -25,13 +25,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .config import BITLINEAR_EPS   # 1e-6, fixed: the released fused kernel ignores the module's eps (SPEC §2)
 from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
-from .kernels import fused
 from .kernels.ternary import PackedTernary, pack_ternary, ternary_matmul
-from . import quant
-from .quant import ACT_EPS, ACT_QMAX, WEIGHT_EPS, activation_quant, weight_quant
-
-BITLINEAR_EPS = 1e-6   # fixed: the fused kernel the released model runs ignores the module's eps (SPEC §2)
+from .quant import activation_quant, weight_quant
 
 
 class BitLinearCache(NamedTuple):
@@ -51,8 +48,6 @@ def bitlinear_forward(x: np.ndarray, p: dict):
     if isinstance(p, PackedBitLinear):                       # a packed model: integer inference
         return bitlinear_packed_forward(x, p), None
     W, g = p["W"], p["g"]
-    if fused.use_fused(x, W, g) and _library_quantizers():  # same bits, one pass per row instead of ~15
-        return _bitlinear_forward_fused(x, W, g)
     n, norm_cache = rmsnorm_forward(x, g, BITLINEAR_EPS)     # (..., I)
     n2 = n.reshape(-1, n.shape[-1])                           # (N, I)
     q_x, s_x = activation_quant(n2)                           # (N, I) int8, (N, 1)
@@ -62,22 +57,6 @@ def bitlinear_forward(x: np.ndarray, p: dict):
     y = acc / (s_x * s_w)                                     # one rescale per output
     cache = BitLinearCache(norm_cache, q_x.astype(x.dtype) / s_x, q_w.astype(x.dtype) / ft(s_w),
                            x.shape[:-1])
-    return y.reshape(*x.shape[:-1], W.shape[0]), cache
-
-
-def _library_quantizers() -> bool:
-    """True unless someone swapped this module's quantizers (the gradient checks' STE surrogate does):
-    the fused kernels have quant.py's quantizers built in, so a substitute must run on the reference path."""
-    return activation_quant is quant.activation_quant and weight_quant is quant.weight_quant
-
-
-def _bitlinear_forward_fused(x: np.ndarray, W: np.ndarray, g: np.ndarray):
-    """``bitlinear_forward`` on the fused kernels (kernels/fused.py): the same numbers and cache."""
-    q_x, x_q, s_x, rstd = fused.bitlinear_front(x, g, BITLINEAR_EPS, ACT_QMAX, ACT_EPS)  # (N, I) x2, (N, 1) x2
-    q_w, W_q, s_w = fused.weight_quant(W, WEIGHT_EPS)        # (O, I) codes as floats, (O, I), scalar
-    y = q_x @ q_w.T                                          # (N, O) integer-valued, exact
-    y /= s_x * s_w
-    cache = BitLinearCache(RMSNormCache(x, rstd.reshape(*x.shape[:-1], 1), g), x_q, W_q, x.shape[:-1])
     return y.reshape(*x.shape[:-1], W.shape[0]), cache
 
 
@@ -118,12 +97,8 @@ def bitlinear_packed_forward(x: np.ndarray, pb: PackedBitLinear) -> np.ndarray:
     Gives the same numbers as ``bitlinear_forward`` without touching float weights.
     Shapes: x (..., I) float -> y (..., O).
     """
-    if fused.use_fused(x, pb.g) and _library_quantizers():  # same codes in one pass per row
-        q, _, s_x, _ = fused.bitlinear_front(x, pb.g, BITLINEAR_EPS, ACT_QMAX, ACT_EPS)
-        q_x = q.astype(np.int8)                               # (N, I) int8, (N, 1)
-    else:
-        n, _ = rmsnorm_forward(x, pb.g, BITLINEAR_EPS)
-        q_x, s_x = activation_quant(n.reshape(-1, n.shape[-1]))   # (N, I) int8, (N, 1)
+    n, _ = rmsnorm_forward(x, pb.g, BITLINEAR_EPS)            # (..., I)
+    q_x, s_x = activation_quant(n.reshape(-1, n.shape[-1]))   # (N, I) int8, (N, 1)
     acc = ternary_matmul(q_x, pb.codes)                       # (N, O) int32, adds and subtracts only
     y = acc.astype(x.dtype) / (s_x * x.dtype.type(pb.s_w))
     return y.reshape(*x.shape[:-1], pb.out_features)

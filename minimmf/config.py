@@ -10,7 +10,18 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .glu import intermediate_size_for
+
+# The numerical floors of the released model, defined once (SPEC §1, §2) and imported where they are used.
+NORM_EPS = 1e-6        # every RMSNorm of the released model (the config's rms_norm_eps default)
+BITLINEAR_EPS = 1e-6   # BitLinear's own RMSNorm: fixed, the fused kernel the released model runs ignores eps
+WEIGHT_EPS = 1e-5      # floor on mean(|W|) of a ternary matrix, so an all-zero matrix does not divide by zero
+ACT_EPS = 1e-5         # floor on max(|x|) of a token before its int8 quantization
+
+
+def intermediate_size_for(hidden_size: int, hidden_ratio: int = 4) -> int:
+    """The GLU's width I = 256 * ceil(int(H * hidden_ratio * 2/3) / 256): the released default (SPEC §4)."""
+    i = int(hidden_size * hidden_ratio * 2 / 3)
+    return 256 * ((i + 255) // 256)
 
 
 class ConfigError(ValueError):
@@ -26,7 +37,7 @@ class MMfreeConfig:
     intermediate_size: int | None = None   # I of the GLU; None -> 256 * ceil(int(H * hidden_ratio * 2/3) / 256)
     hidden_ratio: int = 4                  # used only when intermediate_size is None
     use_lower_bound: bool = True           # learned forget-gate floors per layer (SPEC §3)
-    rms_norm_eps: float = 1e-6             # block and final RMSNorms (BitLinear's own is fixed at 1e-6)
+    rms_norm_eps: float = NORM_EPS         # block and final RMSNorms (BitLinear's own is BITLINEAR_EPS)
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     initializer_range: float = 0.02        # std of the N(0, σ) init of non-MLGRU weights

@@ -1,4 +1,4 @@
-"""Element-wise building blocks with their backward passes: RMSNorm, sigmoid, SiLU.
+"""Element-wise building blocks with their backward passes: RMSNorm, sigmoid, SiLU, the embedding's backward.
 
 Each layer is a pair ``*_forward`` / ``*_backward``; forward returns ``(out, cache)``
 where ``cache`` is a NamedTuple of what the backward needs, and never mutates inputs.
@@ -9,9 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kernels import fused
-
-NORM_EPS = 1e-6   # every RMSNorm of the released model, including the one inside BitLinear (SPEC §2)
+from .config import NORM_EPS   # 1e-6: every RMSNorm of the released model (SPEC §2)
 
 
 # ----------------------------------------------------------------------------- RMSNorm
@@ -27,9 +25,6 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = NORM_EPS):
 
     Shapes: x (..., C), w (C,) -> y (..., C).
     """
-    if fused.use_fused(x, w):        # same bits in one pass per row instead of six NumPy passes
-        y, rstd = fused.rmsnorm_forward(x, w, eps)
-        return y.reshape(x.shape), RMSNormCache(x, rstd.reshape(*x.shape[:-1], 1), w)
     rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(eps))  # (..., 1)
     y = (x * rstd) * w
     return y, RMSNormCache(x, rstd, w)
@@ -40,11 +35,9 @@ def rmsnorm_backward(dy: np.ndarray, cache: RMSNormCache):
 
     With n = x * rstd:  dw = sum over tokens of dy * n;
     dx = rstd * (dn - n * mean(dn * n)),  where dn = dy * w.
+    Shapes: dy (..., C) -> dx (..., C), dw (C,).
     """
     x, rstd, w = cache
-    if fused.use_fused(dy, x, w):    # same bits in one pass per row instead of eight NumPy passes
-        dx, dw = fused.rmsnorm_backward(dy, x, rstd, w)
-        return dx.reshape(x.shape), dw
     n = x * rstd                                               # (..., C)
     dw = np.sum((dy * n).reshape(-1, n.shape[-1]), axis=0)     # (C,)
     dn = dy * w
@@ -76,3 +69,16 @@ def silu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     """d silu(x) = (σ(x) + x σ(x) (1 - σ(x))) dx; takes the forward input x."""
     s = sigmoid(x)
     return dy * (s * (1.0 + x * (1.0 - s)))
+
+
+# ----------------------------------------------------------------------------- embedding
+
+def embedding_backward(ids: np.ndarray, dh: np.ndarray, V: int) -> np.ndarray:
+    """Backward of the lookup h = E[ids]: dE[v] = sum of dh over the positions where ids == v.
+
+    Shapes: ids (B, T) int, dh (B, T, H) -> dE (V, H).
+    """
+    H = dh.shape[-1]
+    dE = np.zeros((V, H), dtype=dh.dtype)
+    np.add.at(dE, ids.reshape(-1), dh.reshape(-1, H))        # rows used several times sum
+    return dE

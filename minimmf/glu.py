@@ -15,14 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward
+from .config import intermediate_size_for  # noqa: F401  (the rule for I lives with the config)
 from .functional import silu, silu_backward
-from .kernels import fused
-
-
-def intermediate_size_for(hidden_size: int, hidden_ratio: int = 4) -> int:
-    """I = 256 * ceil(int(H * hidden_ratio * 2/3) / 256): the released default (SPEC §4)."""
-    i = int(hidden_size * hidden_ratio * 2 / 3)
-    return 256 * ((i + 255) // 256)
 
 
 class GLUCache(NamedTuple):
@@ -40,22 +34,20 @@ def glu_forward(x: np.ndarray, p: dict):
     y, c_gate = bitlinear_forward(x, p["gate_proj"])        # (B, T, 2I)
     I = y.shape[-1] // 2
     gate, up = y[..., :I], y[..., I:]                       # (B, T, I) each
-    if fused.use_fused(y):                                  # silu(gate) * up in one pass
-        a = fused.glu_act_forward(gate, up).reshape(gate.shape)
-    else:
-        a = silu(gate) * up
+    a = silu(gate) * up                                     # (B, T, I)
     out, c_down = bitlinear_forward(a, p["down_proj"])      # (B, T, H)
     return out, GLUCache(c_gate, c_down, gate, up)
 
 
 def glu_backward(dout: np.ndarray, cache: GLUCache):
-    """Backward of ``glu_forward``. Returns (dx, grads) with grads shaped like p."""
+    """Backward of ``glu_forward``. Returns (dx, grads) with grads shaped like p.
+
+    dgate = silu'(gate) (da up),  dup = da silu(gate),  then both BitLinears' STE backward.
+    Shapes: dout (B, T, H) -> dx (B, T, H).
+    """
     da, g_down = bitlinear_backward(dout, cache.down_proj)  # (B, T, I)
-    if fused.use_fused(da, cache.gate):                     # the three lines below, in one pass
-        dy = fused.glu_act_backward(da, cache.gate, cache.up).reshape(*da.shape[:-1], -1)
-    else:
-        dgate = silu_backward(da * cache.up, cache.gate)
-        dup = da * silu(cache.gate)
-        dy = np.concatenate([dgate, dup], axis=-1)          # (B, T, 2I)
+    dgate = silu_backward(da * cache.up, cache.gate)        # (B, T, I)
+    dup = da * silu(cache.gate)                             # (B, T, I)
+    dy = np.concatenate([dgate, dup], axis=-1)              # (B, T, 2I)
     dx, g_gate = bitlinear_backward(dy, cache.gate_proj)
     return dx, {"gate_proj": g_gate, "down_proj": g_down}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import validate
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .seam import op
 from .tree import leaves
 
 
@@ -60,18 +60,18 @@ class LanguageModel:
         ids = validate.token_ids(input_ids, self.config.vocab_size)
         lab = validate.labels(labels, ids.shape, self.config.vocab_size)
         logits, cache, _ = self._model_forward(self.params, self.config, ids, None)
-        loss, c_loss = cross_entropy_forward(logits, lab)
+        loss, c_loss = op.cross_entropy_forward(logits, lab)
         if not np.isfinite(loss):
             self._check_params(self.params, self.config)   # names the bad parameter if there is one
             raise FloatingPointError(f"loss is {loss}: the forward pass overflowed")
-        return loss, self._model_backward(cross_entropy_backward(c_loss), cache)
+        return loss, self._model_backward(op.cross_entropy_backward(c_loss), cache)
 
     def loss(self, input_ids, labels) -> float:
         """Mean shifted cross-entropy, without gradients."""
         ids = validate.token_ids(input_ids, self.config.vocab_size)
         lab = validate.labels(labels, ids.shape, self.config.vocab_size)
         logits, _, _ = self._model_forward(self._forward_params(), self.config, ids, None)
-        return cross_entropy_forward(logits, lab)[0]
+        return op.cross_entropy_forward(logits, lab)[0]
 
     # -- decoding, one token at a time
 

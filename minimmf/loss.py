@@ -10,8 +10,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kernels import fused
-
 IGNORE_INDEX = -100
 
 
@@ -39,11 +37,6 @@ def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray):
     if count == 0:
         raise ValueError("labels: every position is ignored (-100 or the last position), "
                          "so there is nothing to score; pass at least 2 tokens with real labels")
-    if fused.use_fused(logits):                                   # the lines below in three passes, not ten
-        probs, nll = fused.cross_entropy_forward(logits, target)
-        nll = nll.reshape(target.shape)
-        loss = float(np.sum(np.where(valid, nll, 0.0), dtype=np.float64) / count)
-        return loss, CrossEntropyCache(probs.reshape(logits.shape), target, count)
     z = logits - np.max(logits, axis=-1, keepdims=True)           # (B, T, V)
     e = np.exp(z)
     sum_e = np.sum(e, axis=-1, keepdims=True)
@@ -56,10 +49,11 @@ def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray):
 
 
 def cross_entropy_backward(cache: CrossEntropyCache) -> np.ndarray:
-    """dlogits = (softmax(logits) - onehot(target)) / count at scored positions, 0 elsewhere."""
+    """dlogits = (softmax(logits) - onehot(target)) / count at scored positions, 0 elsewhere.
+
+    Shapes: probs (B, T, V) -> dlogits (B, T, V).
+    """
     probs, target, count = cache
-    if fused.use_fused(probs):                                    # the lines below in one pass
-        return fused.cross_entropy_backward(probs, target, count).reshape(probs.shape)
     valid = target != IGNORE_INDEX
     dlogits = probs.copy()
     b, t = np.nonzero(valid)

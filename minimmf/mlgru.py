@@ -25,7 +25,7 @@ import numpy as np
 from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward
 from .functional import (RMSNormCache, rmsnorm_backward, rmsnorm_forward, sigmoid,
                          sigmoid_backward, silu, silu_backward)
-from .kernels import fused
+from .config import NORM_EPS
 from .kernels.scan import scan_backward, scan_forward
 
 
@@ -45,7 +45,7 @@ class MLGRUCache(NamedTuple):
 
 
 def mlgru_forward(x: np.ndarray, p: dict, lb: np.ndarray | None = None,
-                  h0: np.ndarray | None = None, eps: float = 1e-6):
+                  h0: np.ndarray | None = None, eps: float = NORM_EPS):
     """One MLGRU over a sequence. Returns (out, cache); ``cache.h[:, -1]`` is the next state.
 
     Shapes: x (B, T, H), lb (H,) or None, h0 (B, H) or None (zeros) -> out (B, T, H).
@@ -55,20 +55,13 @@ def mlgru_forward(x: np.ndarray, p: dict, lb: np.ndarray | None = None,
         h0 = np.zeros((B, H), dtype=x.dtype)
     zf, c_f = bitlinear_forward(x, p["f_proj"])              # (B, T, H)
     zi, c_i = bitlinear_forward(x, p["i_proj"])              # (B, T, H)
-    fast = fused.use_fused(zf, zi, *(() if lb is None else (lb,)))
-    if fast:                                                 # the three lines below, in one pass
-        sf, f, i = (a.reshape(B, T, H) for a in fused.mlgru_gates_forward(zf, zi, lb))
-    else:
-        sf = sigmoid(zf)
-        f = sf if lb is None else lb + (1 - lb) * sf        # lower-bounded forget gate
-        i = silu(zi) * (1 - f)                               # candidate times input gate
+    sf = sigmoid(zf)
+    f = sf if lb is None else lb + (1 - lb) * sf            # lower-bounded forget gate
+    i = silu(zi) * (1 - f)                                   # candidate times input gate
     h = scan_forward(f, i, h0)                               # (B, T, H) h_t = f_t h_{t-1} + i_t
     zg, c_g = bitlinear_forward(x, p["g_proj"])              # (B, T, H)
     gn, c_gn = rmsnorm_forward(zg, p["g_norm"], eps)         # norm on g ...
-    if fast:
-        o = fused.mlgru_output_forward(gn, h).reshape(B, T, H)   # (the next line, in one pass)
-    else:
-        o = gn * silu(h)                                     # ... SiLU on h
+    o = gn * silu(h)                                         # ... SiLU on h
     out, c_o = bitlinear_forward(o, p["o_proj"])             # (B, T, H)
     return out, MLGRUCache(c_f, c_i, c_g, c_o, c_gn, sf, f, zi, h, h0, gn, lb)
 
@@ -78,33 +71,23 @@ def mlgru_backward(dout: np.ndarray, cache: MLGRUCache):
 
     ``grads`` has the keys and shapes of ``p``; ``dlb`` (H,) is the gradient of the lower
     bound (None if there was none); ``dh0`` (B, H) that of the initial state.
+    Shapes: dout (B, T, H) -> dx (B, T, H).
     """
     c = cache
-    shape = c.h.shape                                        # (B, T, H)
     do, g_o = bitlinear_backward(dout, c.o_proj)            # (B, T, H)
-    fast = fused.use_fused(do, c.h, *(() if c.lb is None else (c.lb,)))
-    if fast:                                                 # the three lines below, in one pass
-        dgn, dh = (a.reshape(shape) for a in fused.mlgru_output_backward(do, c.gn, c.h))
-    else:
-        s_h = silu(c.h)
-        dgn = do * s_h
-        dh = silu_backward(do * c.gn, c.h)
+    dgn = do * silu(c.h)                                     # o = gn silu(h)
+    dh = silu_backward(do * c.gn, c.h)
     dzg, dw_gnorm = rmsnorm_backward(dgn, c.g_norm)
     dx_g, g_g = bitlinear_backward(dzg, c.g_proj)
     df, di, dh0 = scan_backward(dh, c.f, c.h, c.h0)          # reverse-time recurrence
-    if fast:                                                 # everything up to dzf below, in one pass
-        dzf, dzi, dlb = fused.mlgru_gates_backward(df, di, c.f, c.sf, c.zi, c.lb)
-        dzf, dzi = dzf.reshape(shape), dzi.reshape(shape)
-    else:
-        s_i = silu(c.zi)
-        dzi = silu_backward(di * (1 - c.f), c.zi)            # i = silu(zi) (1 - f)
-        df = df - di * s_i
-        if c.lb is None:
-            dsf, dlb = df, None
-        else:                                                # f = lb + (1 - lb) sf
-            dsf = df * (1 - c.lb)
-            dlb = np.sum((df * (1 - c.sf)).reshape(-1, df.shape[-1]), axis=0)
-        dzf = sigmoid_backward(dsf, c.sf)
+    dzi = silu_backward(di * (1 - c.f), c.zi)                # i = silu(zi) (1 - f)
+    df = df - di * silu(c.zi)
+    if c.lb is None:
+        dsf, dlb = df, None
+    else:                                                    # f = lb + (1 - lb) sf
+        dsf = df * (1 - c.lb)
+        dlb = np.sum((df * (1 - c.sf)).reshape(-1, df.shape[-1]), axis=0)
+    dzf = sigmoid_backward(dsf, c.sf)
     dx_f, g_f = bitlinear_backward(dzf, c.f_proj)
     dx_i, g_i = bitlinear_backward(dzi, c.i_proj)
     dx = dx_f + dx_i + dx_g                                  # x feeds three projections

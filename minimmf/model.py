@@ -17,6 +17,8 @@ Parameter tree (minimmf's names; ``interop.py`` maps them to the released key na
                  "mlp": {"gate_proj": {"W": (2I, H), "g": (H,)},
                          "down_proj": {"W": (H, I), "g": (I,)}}}, ...],
      "norm": (H,), "lm_head": {"W": (V, H), "g": (H,)}}
+
+Layers are called through ``op`` (``seam.py``): the readable layer, or its fast twin when that gives the same bits.
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from typing import NamedTuple
 import numpy as np
 
 from . import validate
-from .bitlinear import BitLinearCache, bitlinear_backward, bitlinear_forward
+from .bitlinear import BitLinearCache
 from .block import block_backward, block_forward
 from .config import MMfreeConfig
-from .kernels import fused
-from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
+from .functional import RMSNormCache
 from .lm import LanguageModel
 from .mlgru import LowerBoundCache, lower_bounds_backward, lower_bounds_forward
+from .seam import op
 from .tree import leaves
 
 MLGRU_PROJECTIONS = ("i_proj", "f_proj", "g_proj", "o_proj")
@@ -117,16 +119,16 @@ def model_forward(params: dict, config: MMfreeConfig, ids: np.ndarray, state: St
         h, c_block, hl = block_forward(h, params["layers"][l], lb_l, h0, config.rms_norm_eps)
         blocks.append(c_block)
         h_last.append(hl)
-    hn, c_norm = rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
-    logits, c_head = bitlinear_forward(hn, params["lm_head"])       # (B, T, V)
+    hn, c_norm = op.rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
+    logits, c_head = op.bitlinear_forward(hn, params["lm_head"])       # (B, T, V)
     cache = ModelCache(ids, c_lb, blocks, c_norm, c_head, config.vocab_size)
     return logits, cache, State(tuple(h_last))
 
 
 def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
     """Backward of ``model_forward``: the gradient tree, shaped like the parameters."""
-    dhn, g_head = bitlinear_backward(dlogits, cache.lm_head)
-    dh, g_norm = rmsnorm_backward(dhn, cache.norm)
+    dhn, g_head = op.bitlinear_backward(dlogits, cache.lm_head)
+    dh, g_norm = op.rmsnorm_backward(dhn, cache.norm)
     g_layers, dlb = [], []
     for c_block in reversed(cache.blocks):                           # reverse order of the forward
         dh, g_block, dlb_l, _ = block_backward(dh, c_block)
@@ -135,11 +137,7 @@ def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
     g_layers.reverse()
     dlb.reverse()
     B, T, H = dh.shape
-    if fused.use_fused(dh):                                          # np.add.at is slow; same sums
-        dE = fused.embedding_backward(cache.ids, dh, cache.V)
-    else:
-        dE = np.zeros((cache.V, H), dtype=dh.dtype)
-        np.add.at(dE, cache.ids.reshape(-1), dh.reshape(-1, H))      # rows used several times sum
+    dE = op.embedding_backward(cache.ids, dh, cache.V)               # (V, H): rows used several times sum
     if cache.lower_bounds is None:
         d_lower = np.zeros((len(cache.blocks), H), dtype=dh.dtype)
     else:
@@ -187,7 +185,8 @@ class MMfreeLM(LanguageModel):
 
     def pack(self) -> "PackedMMfreeLM":
         """A copy for inference whose BitLinears hold packed 2-bit codes and one scale each."""
-        packed = PackedMMfreeLM(self.config, self.params)          # minimmf/packed.py
+        from .packed import PackedMMfreeLM                          # the inference variant builds on this class
+        packed = PackedMMfreeLM(self.config, self.params)
         packed.tokenizer = getattr(self, "tokenizer", None)         # load_pretrained attaches one
         return packed
 
@@ -207,6 +206,3 @@ def check_params(params: dict, config: MMfreeConfig) -> None:
         dtypes.add(np.asarray(have[path]).dtype)
     if len(dtypes) > 1:
         raise ValueError(f"parameters mix dtypes {sorted(map(str, dtypes))}; cast them to one dtype")
-
-
-from .packed import PackedMMfreeLM  # noqa: E402  (packed.py subclasses MMfreeLM; import last)

@@ -17,8 +17,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kernels import fused
+from .seam import op
 from .tree import leaves, tree_map
+
+
+def adamw_update(p, g, m, v, lr, b1, b2, c1, c2, eps, wd) -> None:
+    """One AdamW update of one parameter, in place (the moments too), with c1 = 1 - b1^t, c2 = 1 - b2^t:
+
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g²;   p -= lr ((m / c1) / (sqrt(v / c2) + eps) + wd p).
+    Shapes: p, g, m, v all one shape.
+    """
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    p -= (lr * (m / c1 / (np.sqrt(v / c2) + eps) + wd * p)).astype(p.dtype)
 
 
 @dataclass
@@ -43,15 +56,7 @@ class AdamW:
         for (_, p), (_, g), (_, m), (_, v) in zip(leaves(params), leaves(grads),
                                                   leaves(self.m), leaves(self.v)):
             wd = self.weight_decay if p.ndim >= 2 else 0.0
-            if fused.use_fused(p, g, m, v) and p.flags.c_contiguous and m.flags.c_contiguous \
-                    and v.flags.c_contiguous:                # the lines below in one pass (same bits)
-                fused.adamw_update(p, g, m, v, lr, b1, b2, c1, c2, self.eps, wd)
-                continue
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            p -= (lr * (m / c1 / (np.sqrt(v / c2) + self.eps) + wd * p)).astype(p.dtype)
+            op.adamw_update(p, g, m, v, lr, b1, b2, c1, c2, self.eps, wd)
 
 
 def global_norm(grads: dict) -> float:

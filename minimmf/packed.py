@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import threads
 from .bitlinear import PackedBitLinear, pack_bitlinear
 from .config import MMfreeConfig
-from .kernels import decode
-from .model import MMfreeLM, check_params
+from .lm import LanguageModel
+from .model import MMfreeLM
+from .seam import op
 from .tree import leaves
 
 EXP_WINDOW = 15          # exponents base+1 .. base+15 fit in a nibble; nibble 0 means exponent 0
@@ -179,10 +181,9 @@ class PackedMMfreeLM(MMfreeLM):
     """
 
     def __init__(self, config: MMfreeConfig, params: dict):
-        check_params(params, config)
-        self.config = config
+        super().__init__(config, params)                              # checks the float parameters
+        self._num_params = super().num_params()
         self.params = pack_params(params)
-        self._num_params = sum(int(np.size(a)) for _, a in leaves(params))
 
     @property
     def dtype(self):
@@ -205,36 +206,31 @@ class PackedMMfreeLM(MMfreeLM):
 
     def step(self, token_ids, state):
         with _numba_threads(self.num_threads):
-            if decode.applies(self, token_ids):               # one sequence: the fused decode kernels,
-                return decode.step(self, token_ids, state)    # the same numbers (kernels/decode.py)
-            return super().step(token_ids, state)
+            return op.packed_step(self, token_ids, state)        # packed_step below, or its twin (fast/decode.py)
 
     def tune_threads(self, n_tokens: int = 4, candidates=None, rounds: int = 3) -> int:
-        """Time ``n_tokens`` decode steps at each thread count, ``rounds`` times in turn, and keep the
-        count with the best median (``self.num_threads``).
+        """Time ``n_tokens`` decode steps at each thread count (``threads.fastest_thread_count``) and keep the
+        fastest for this model (``self.num_threads``).
 
         On a shared 2-core machine another busy process makes every 2-thread ``prange`` region wait for a
         descheduled thread, and 2 threads decode 2-6x *slower* than 1 (benchmarks/README.md); on a quiet
         machine 2 threads are faster. Measuring is the only reliable way to know which case this is.
         """
-        import time
-        import numba
-        candidates = candidates or range(1, numba.config.NUMBA_NUM_THREADS + 1)
-        candidates = list(candidates)
         state = self.init_state(1)
         tok = np.zeros(1, np.int64)
-        times = {n: [] for n in candidates}
-        for r in range(rounds + 1):                                    # round 0 is a warm-up
-            for n in candidates:
-                self.num_threads = n
-                t0 = time.perf_counter()
-                s = state
-                for _ in range(n_tokens):
-                    _, s = self.step(tok, s)
-                if r:
-                    times[n].append(time.perf_counter() - t0)
-        self.num_threads = min(candidates, key=lambda n: float(np.median(times[n])))
-        return self.num_threads
+
+        def work():
+            s = state
+            for _ in range(n_tokens):
+                _, s = self.step(tok, s)
+
+        saved, self.num_threads = self.num_threads, None          # steps run at the count being timed
+        try:
+            best = threads.fastest_thread_count(work, candidates, rounds)
+        finally:
+            self.num_threads = saved
+        self.num_threads = best
+        return best
 
     def loss_and_grads(self, input_ids, labels):
         raise TypeError("a packed model is for inference only: train the float model "
@@ -242,3 +238,9 @@ class PackedMMfreeLM(MMfreeLM):
 
     def pack(self) -> "PackedMMfreeLM":
         return self
+
+
+def packed_step(model: PackedMMfreeLM, token_ids, state):
+    """A packed model's one-token step, written plainly: the model's forward on the packed parameters (``lm.py``'s
+    ``step``; every BitLinear runs ``bitlinear_packed_forward``). Returns (logits (B, V), new state)."""
+    return LanguageModel.step(model, token_ids, state)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-WEIGHT_EPS = 1e-5      # floor on mean(|W|), so an all-zero matrix does not divide by zero
-ACT_EPS = 1e-5         # floor on max(|x|) of a token
+from .config import ACT_EPS, WEIGHT_EPS   # 1e-5 each: floors on mean|W| and on a token's max|x|
+
 ACT_QMAX = 127         # int8 activation codes live in [-128, 127]
 
 

@@ -10,7 +10,8 @@ from goldencheck import assert_close_to_max, golden_glu_params
 from gradcheck import assert_grad_close, numerical_grad, ste_surrogate
 from minimmf.bitlinear import bitlinear_forward
 from minimmf.functional import silu
-from minimmf.glu import glu_backward, glu_forward, intermediate_size_for
+from minimmf.config import intermediate_size_for
+from minimmf.glu import glu_backward, glu_forward
 from minimmf.tree import leaves
 from strategies import random_glu_params
 

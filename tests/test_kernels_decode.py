@@ -1,18 +1,20 @@
-"""Tests for minimmf/kernels/decode.py: the fused decode step gives the plain packed step's numbers, bit for bit.
+"""Tests for minimmf/kernels/decode.py and minimmf/fast/decode.py: the fast one-token step gives the plain packed
+step's numbers, bit for bit.
 
-The specification is ``MMfreeLM.step`` run on the packed model (``model_forward`` with
-``bitlinear_packed_forward``); the fast path does the same float operations in the same order, with e^x left to
-NumPy, so logits and states must be equal exactly (the int8 codes and int32 sums inside are then equal too).
+The specification is ``packed.packed_step`` (``model_forward`` with ``bitlinear_packed_forward``) run on the
+reference path; the fast step does the same float operations in the same order, with e^x left to NumPy, so logits
+and states must be equal exactly (the int8 codes and int32 sums inside are then equal too).
 """
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+
 import minimmf
-from minimmf import bitlinear, quant
+from minimmf import bitlinear, packed as packed_module, quant, seam
+from minimmf.fast import decode
 from minimmf.generate import generate
-from minimmf.kernels import decode, fused
 from minimmf.model import MMfreeLM
 
 from strategies import seeds, tiny_configs
@@ -28,13 +30,18 @@ def _packed(config, seed, dtype=np.float32):
     return model.pack()
 
 
+def _plain_step(packed, tok, state):
+    with seam.using("reference"):
+        return packed_module.packed_step(packed, tok, state)
+
+
 def _assert_steps_equal(packed, tokens):
     """Feed tokens one by one through the plain and the fast step, handing each its own state back."""
     s_plain = s_fast = packed.init_state(1)
     for t in tokens:
         tok = np.array([t])
-        l_plain, s_plain = MMfreeLM.step(packed, tok, s_plain)             # the specification
-        l_fast, s_fast = decode.step(packed, tok, s_fast)
+        l_plain, s_plain = _plain_step(packed, tok, s_plain)                # the specification
+        l_fast, s_fast = decode.packed_step(packed, tok, s_fast)
         assert l_fast.shape == l_plain.shape and l_fast.dtype == l_plain.dtype
         np.testing.assert_array_equal(l_fast, l_plain)
         assert len(s_fast.h) == len(s_plain.h)
@@ -64,7 +71,7 @@ def test_fast_step_continues_a_prefilled_state():
     packed = _packed(config, 7)
     _, state = packed.prefill(np.array([[3, 1, 4, 1, 5]]))
     tok = np.array([9])
-    np.testing.assert_array_equal(decode.step(packed, tok, state)[0], MMfreeLM.step(packed, tok, state)[0])
+    np.testing.assert_array_equal(decode.packed_step(packed, tok, state)[0], _plain_step(packed, tok, state)[0])
 
 
 def test_fast_step_leaves_its_inputs_unchanged():
@@ -73,23 +80,24 @@ def test_fast_step_leaves_its_inputs_unchanged():
     packed = _packed(config, 1)
     _, state = packed.prefill(np.array([[1, 2]]))
     before = [h.copy() for h in state.h]
-    decode.step(packed, np.array([3]), state)
+    decode.packed_step(packed, np.array([3]), state)
     for a, b in zip(state.h, before):
         np.testing.assert_array_equal(a, b)
 
 
-def test_packed_step_uses_the_fast_path_only_for_one_sequence_with_the_jit_on():
-    """PackedMMfreeLM.step routes B = 1 to the fused kernels when the JIT is on, else to the plain path."""
+def test_packed_model_step_runs_the_plain_step_for_a_batch_and_on_the_reference_path():
+    """On the fast path a batch of two runs the plain step (the decode kernels take one sequence), on the
+    reference path every step does, and both give the plain step's numbers."""
     config = minimmf.MMfreeConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2)
     packed = _packed(config, 2)
-    jit_on = not fused.numba.config.DISABLE_JIT
-    assert decode.applies(packed, np.array([1])) == jit_on
-    assert not decode.applies(packed, np.array([1, 2]))
-    with fused.reference_path():
-        assert not decode.applies(packed, np.array([1]))
-    state = packed.init_state(2)                                           # B = 2: the plain path
-    logits, _ = packed.step(np.array([1, 2]), state)
-    np.testing.assert_array_equal(logits, MMfreeLM.step(packed, np.array([1, 2]), state)[0])
+    state = packed.init_state(2)
+    want = _plain_step(packed, np.array([1, 2]), state)[0]
+    with seam.using("fast"):
+        np.testing.assert_array_equal(packed.step(np.array([1, 2]), state)[0], want)
+    with seam.using("reference"):
+        assert seam.status()["packed_step"] == "reference"
+        one = packed.step(np.array([1]), packed.init_state(1))[0]
+    np.testing.assert_array_equal(one, decode.packed_step(packed, np.array([1]), packed.init_state(1))[0])
 
 
 def test_fast_step_validates_its_inputs_like_the_plain_step():
@@ -97,15 +105,20 @@ def test_fast_step_validates_its_inputs_like_the_plain_step():
     config = minimmf.MMfreeConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2)
     packed = _packed(config, 2)
     with pytest.raises(ValueError):
-        decode.step(packed, np.array([30]), packed.init_state(1))
+        decode.packed_step(packed, np.array([30]), packed.init_state(1))
     with pytest.raises(ValueError):
-        decode.step(packed, np.array([1]), packed.init_state(2))
+        decode.packed_step(packed, np.array([1]), packed.init_state(2))
 
 
-def test_decode_constants_are_the_bitlinear_and_quantizer_constants():
-    """The kernels' copies of BitLinear's eps and the activation quantizer's constants are the library's."""
-    assert decode.BITLINEAR_EPS == bitlinear.BITLINEAR_EPS
-    assert (decode.ACT_QMAX, decode.ACT_EPS) == (quant.ACT_QMAX, quant.ACT_EPS)
+def test_decode_scalars_are_read_from_the_layers_and_the_config():
+    """The plan's named scalars are BitLinear's eps, the quantizer's constants and the config's eps, in the model's
+    dtype (no copies of the constants live in the kernels)."""
+    config = minimmf.MMfreeConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2, rms_norm_eps=1e-5)
+    c = decode.plan_for(_packed(config, 2)).scalars
+    assert (c.bitlinear_eps, c.qmax, c.act_eps) == (np.float32(bitlinear.BITLINEAR_EPS), quant.ACT_QMAX,
+                                                    np.float32(quant.ACT_EPS))
+    assert c.norm_eps == np.float32(1e-5) and (c.nH, c.nI) == (32, config.I)
+    assert all(type(v) is np.float32 for v in c)
 
 
 def test_fast_step_on_the_golden_model_gives_the_float_models_greedy_tokens(golden, golden_model):

@@ -1,7 +1,7 @@
 """Tests for minimmf/kernels/fused.py: every fused kernel gives the numbers of the NumPy code it replaces.
 
-The references are the modules' own readable NumPy functions, run under ``fused.reference_path()`` (which forces
-them) or written out here from the same lines. Integer codes and everything the forward computes must be equal
+The references are the layers' own readable NumPy functions (the layer files never call a kernel) or written out
+here from the same lines; whole-model checks choose the path with ``seam.using``. Integer codes and everything the forward computes must be equal
 bit for bit (a code that flips at a rounding tie moves the logits); the few results that go through Numba's
 ``log`` (the loss value) get a tight tolerance instead.
 """
@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minimmf
-from minimmf import functional, glu, loss, mlgru, quant
+from minimmf import functional, loss, quant, seam
 from minimmf.bitlinear import bitlinear_backward, bitlinear_forward
+from minimmf.fast import bitlinear as fast_bitlinear, loss as fast_loss
 from minimmf.kernels import fused
 from minimmf.optim import AdamW
 
@@ -51,13 +52,12 @@ def test_round_half_away_of_one_scalar_equals_quant_round_half_away():
         np.testing.assert_array_equal(got, quant.round_half_away(v))
 
 
-def test_reference_path_forces_the_numpy_code():
-    """Inside reference_path() no module takes the fused path; outside it, float32/float64 arrays do."""
+def test_only_float32_or_float64_arrays_of_one_dtype_go_to_the_kernels():
+    """fusable() accepts float32 or float64 arrays of one dtype; mixed or other dtypes run the NumPy layer."""
     x = np.ones((2, 3), np.float32)
-    with fused.reference_path():
-        assert not fused.use_fused(x)
-    assert fused.use_fused(x) != bool(fused.numba.config.DISABLE_JIT)
-    assert not fused.use_fused(x, x.astype(np.float64))        # mixed dtypes: the reference decides
+    assert fused.fusable(x) and fused.fusable(x.astype(np.float64), np.ones(3))
+    assert not fused.fusable(x, x.astype(np.float64))
+    assert not fused.fusable(x.astype(np.float16)) and not fused.fusable(np.ones(3, int))
 
 
 # ----------------------------------------------------------------------------- RMSNorm and the quantizers
@@ -68,8 +68,7 @@ def test_rmsnorm_forward_kernel_equals_reference_exactly(problem):
     seed, N, C, dtype = problem
     x, w = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0)
     y, rstd = fused.rmsnorm_forward(x, w, 1e-6)
-    with fused.reference_path():
-        y0, c0 = functional.rmsnorm_forward(x, w, 1e-6)
+    y0, c0 = functional.rmsnorm_forward(x, w, 1e-6)
     assert y.dtype == dtype and rstd.shape == (N, 1)
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_array_equal(rstd, c0.rstd)
@@ -80,9 +79,8 @@ def test_rmsnorm_backward_kernel_equals_reference_exactly(problem):
     """dx = rstd (dn - n mean(dn n)) and dw = sum of dy n over rows: equal bit for bit to the NumPy backward."""
     seed, N, C, dtype = problem
     x, w, dy = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0), _arrays(seed + 2, (N, C), dtype)
-    with fused.reference_path():
-        _, cache = functional.rmsnorm_forward(x, w, 1e-6)
-        dx0, dw0 = functional.rmsnorm_backward(dy, cache)
+    _, cache = functional.rmsnorm_forward(x, w, 1e-6)
+    dx0, dw0 = functional.rmsnorm_backward(dy, cache)
     dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
     np.testing.assert_array_equal(dx, dx0)
     np.testing.assert_array_equal(dw, dw0)
@@ -94,9 +92,8 @@ def test_bitlinear_front_codes_equal_rmsnorm_then_activation_quant_exactly(probl
     seed, N, C, dtype = problem
     x, g = _arrays(seed, (N, C), dtype, scale), _arrays(seed + 1, C, dtype, 1.0)
     x[0, : C // 2] = 0.0                                       # zeros, and (C = 1) an all-zero row
-    q, x_q, s_x, rstd = fused.bitlinear_front(x, g, 1e-6)
-    with fused.reference_path():
-        n, c_norm = functional.rmsnorm_forward(x, g, 1e-6)
+    q, x_q, s_x, rstd = fused.bitlinear_front(x, g, 1e-6, 127, 1e-5)
+    n, c_norm = functional.rmsnorm_forward(x, g, 1e-6)
     q0, s0 = quant.activation_quant(n)
     np.testing.assert_array_equal(q, q0.astype(dtype))         # integer-valued floats, in [-128, 127]
     np.testing.assert_array_equal(s_x, s0)
@@ -109,7 +106,7 @@ def test_bitlinear_front_codes_equal_rmsnorm_then_activation_quant_exactly(probl
 def test_weight_quant_kernel_equals_quant_weight_quant_exactly(seed, O, I, dtype):
     """Ternary codes and s_w equal quant.weight_quant; W_q = q_w / s_w as the BitLinear cache keeps it."""
     W = _arrays(seed, (O, I), dtype, 0.02)
-    q, W_q, s_w = fused.weight_quant(W)
+    q, W_q, s_w = fused.weight_quant(W, 1e-5)
     q0, s0 = quant.weight_quant(W)
     assert type(s_w) is type(s0) and s_w == s0
     np.testing.assert_array_equal(q, q0.astype(dtype))
@@ -119,11 +116,11 @@ def test_weight_quant_kernel_equals_quant_weight_quant_exactly(seed, O, I, dtype
 def test_weight_quant_kernel_rounds_ties_away_from_zero_and_sums_a_large_matrix_like_numpy():
     """Exact ties (W s_w = ±0.5) round away from zero; the absmean of a (2048, 128) matrix matches np.mean."""
     W = np.array([[0.5, -0.5, 1.5, 1.5], [0.0, 1.0, -1.0, 2.0]], np.float32)   # mean |W| = 1, so s_w = 1
-    q, _, s_w = fused.weight_quant(W)
+    q, _, s_w = fused.weight_quant(W, 1e-5)
     assert s_w == 1.0
     np.testing.assert_array_equal(q, [[1, -1, 1, 1], [0, 1, -1, 1]])
     big = _arrays(7, (2048, 128), np.float32, 0.02)
-    np.testing.assert_array_equal(fused.weight_quant(big)[0], quant.weight_quant(big)[0].astype(np.float32))
+    np.testing.assert_array_equal(fused.weight_quant(big, 1e-5)[0], quant.weight_quant(big)[0].astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- MLGRU and GLU element-wise
@@ -182,11 +179,10 @@ def test_cross_entropy_kernels_equal_loss_py(seed, B, T, V, dtype):
     logits = _arrays(seed, (B, T, V), dtype, 5.0)
     labels = rng.integers(0, V, (B, T))
     labels[0, 1] = loss.IGNORE_INDEX                         # an ignored label, as well as the last position
-    with fused.reference_path():
-        l0, c0 = loss.cross_entropy_forward(logits, labels)
-        d0 = loss.cross_entropy_backward(c0)
-    l1, c1 = loss.cross_entropy_forward(logits, labels)
-    d1 = loss.cross_entropy_backward(c1)
+    l0, c0 = loss.cross_entropy_forward(logits, labels)
+    d0 = loss.cross_entropy_backward(c0)
+    l1, c1 = fast_loss.cross_entropy_forward(logits, labels)
+    d1 = fast_loss.cross_entropy_backward(c1)
     assert l1 == pytest.approx(l0, rel=4 * float(np.finfo(dtype).eps))
     np.testing.assert_array_equal(c1.probs, c0.probs)
     np.testing.assert_array_equal(d1, d0)
@@ -210,8 +206,9 @@ def test_adamw_kernel_steps_equal_the_numpy_update_exactly(seed, dtype):
     p_ref = {k: v.copy() for k, v in params.items()}
     opt, opt_ref = AdamW(lr=3e-3, weight_decay=0.1), AdamW(lr=3e-3, weight_decay=0.1)
     for g in grads:
-        opt.step(params, g)
-        with fused.reference_path():
+        with seam.using("fast"):
+            opt.step(params, g)
+        with seam.using("reference"):
             opt_ref.step(p_ref, g)
     for k in params:
         np.testing.assert_array_equal(params[k], p_ref[k])
@@ -222,15 +219,14 @@ def test_adamw_kernel_steps_equal_the_numpy_update_exactly(seed, dtype):
 # ----------------------------------------------------------------------------- the layers and the model, both paths
 
 @given(st.integers(0, 2**31 - 1), dtypes)
-def test_bitlinear_fused_path_equals_reference_path_exactly(seed, dtype):
-    """bitlinear_forward / _backward give the same y, dx, dW, dg on either path."""
+def test_bitlinear_twin_equals_the_readable_layer_exactly(seed, dtype):
+    """fast/bitlinear.py's forward / backward give bitlinear.py's y, dx, dW, dg exactly."""
     x, dy = _arrays(seed, (2, 5, 24), dtype), _arrays(seed + 1, (2, 5, 9), dtype)
     p = {"W": _arrays(seed + 2, (9, 24), dtype, 0.02), "g": _arrays(seed + 3, 24, dtype, 1.0)}
-    y, cache = bitlinear_forward(x, p)
-    dx, grads = bitlinear_backward(dy, cache)
-    with fused.reference_path():
-        y0, cache0 = bitlinear_forward(x, p)
-        dx0, grads0 = bitlinear_backward(dy, cache0)
+    y, cache = fast_bitlinear.bitlinear_forward(x, p)
+    dx, grads = fast_bitlinear.bitlinear_backward(dy, cache)
+    y0, cache0 = bitlinear_forward(x, p)
+    dx0, grads0 = bitlinear_backward(dy, cache0)
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_array_equal(dx, dx0)
     for k in ("W", "g"):
@@ -244,9 +240,10 @@ def test_model_loss_and_grads_are_the_same_on_both_paths(dtype):
     cfg = minimmf.MMfreeConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, intermediate_size=48)
     model = minimmf.MMfreeLM.init(cfg, seed=3, dtype=dtype)
     ids = np.random.default_rng(0).integers(0, 50, (3, 11))
-    loss1, g1 = model.loss_and_grads(ids, ids)
-    logits1 = model.forward(ids)
-    with fused.reference_path():
+    with seam.using("fast"):
+        loss1, g1 = model.loss_and_grads(ids, ids)
+        logits1 = model.forward(ids)
+    with seam.using("reference"):
         loss0, g0 = model.loss_and_grads(ids, ids)
         logits0 = model.forward(ids)
     np.testing.assert_array_equal(logits1, logits0)

@@ -19,15 +19,16 @@ def rel_to_max(a, b):
 
 
 # ----------------------------------------------------------------------------- golden (released code)
+# (``path``: each runs on the readable layers and on their fast twins; tests/conftest.py)
 
-def test_logits_match_the_released_code(golden, golden_model):
+def test_logits_match_the_released_code(golden, golden_model, path):
     """Full-sequence logits equal the reference implementation's within 1e-4 absolute."""
     logits = golden_model.forward(golden["input_ids"])
     assert logits.dtype == np.float32 and logits.shape == golden["logits"].shape
     assert np.max(np.abs(logits - golden["logits"])) <= 1e-4
 
 
-def test_hidden_states_match_the_released_code(golden, golden_model):
+def test_hidden_states_match_the_released_code(golden, golden_model, path):
     """The residual stream after every layer and after the final norm matches the reference."""
     _, cache, _ = model_forward(golden_model.params, golden_model.config, golden["input_ids"])
     # each block's input is the previous block's output: hidden_states/1 is block 1's input
@@ -39,14 +40,14 @@ def test_hidden_states_match_the_released_code(golden, golden_model):
     assert rel_to_max(final, golden[f"hidden_states/{L}"]) <= 1e-5
 
 
-def test_loss_matches_the_released_code(golden, golden_model):
+def test_loss_matches_the_released_code(golden, golden_model, path):
     """The mean shifted cross-entropy equals the reference's within 1e-5."""
     loss, _ = golden_model.loss_and_grads(golden["input_ids"], golden["labels"])
     assert isinstance(loss, float)
     assert abs(loss - float(golden["loss"])) <= 1e-5
 
 
-def test_every_gradient_matches_the_released_code(golden, golden_model):
+def test_every_gradient_matches_the_released_code(golden, golden_model, path):
     """Every parameter's gradient is within 1e-5 of the reference, relative to the tensor's max."""
     _, grads = golden_model.loss_and_grads(golden["input_ids"], golden["labels"])
     ours = minimmf.to_reference(golden_model, grads)
@@ -57,7 +58,7 @@ def test_every_gradient_matches_the_released_code(golden, golden_model):
         assert rel_to_max(ours[key], theirs[key]) <= 1e-5, key
 
 
-def test_step_decoding_matches_the_released_code(golden, golden_model):
+def test_step_decoding_matches_the_released_code(golden, golden_model, path):
     """Token-by-token decoding from an empty state gives the reference's logits and final states."""
     ids = golden["input_ids"]
     state = golden_model.init_state(ids.shape[0])
@@ -71,7 +72,7 @@ def test_step_decoding_matches_the_released_code(golden, golden_model):
         assert np.max(np.abs(h - ref)) <= 1e-5
 
 
-def test_prefill_then_step_matches_the_released_code(golden, golden_model):
+def test_prefill_then_step_matches_the_released_code(golden, golden_model, path):
     """Prefilling the first half, then stepping one token at a time, gives the reference's logits."""
     ids = golden["input_ids"]
     half = golden.meta["checks"]["prefill_len"]
@@ -83,7 +84,7 @@ def test_prefill_then_step_matches_the_released_code(golden, golden_model):
     assert np.max(np.abs(np.concatenate(out, axis=1) - golden["logits_prefill_step"])) <= 1e-4
 
 
-def test_packed_model_gives_the_same_logits_as_the_float_model(golden, golden_model):
+def test_packed_model_gives_the_same_logits_as_the_float_model(golden, golden_model, path):
     """Integer inference on packed 2-bit weights reproduces the float path exactly."""
     packed = golden_model.pack()
     ids = golden["input_ids"]

@@ -61,7 +61,7 @@ def test_compact_embedding_stores_other_tables_in_the_narrowest_exact_dtype(dtyp
     np.testing.assert_array_equal(ce[np.arange(50)], E)
 
 
-def test_packed_golden_model_gives_the_float_logits_and_greedy_tokens(golden, golden_model):
+def test_packed_golden_model_gives_the_float_logits_and_greedy_tokens(golden, golden_model, path):
     """The packed integer path reproduces the float path on the golden model: logits to float rounding
     (here bit for bit) and the same greedy tokens."""
     packed = golden_model.pack()
@@ -111,13 +111,13 @@ def test_packed_model_keeps_float64_models_in_float64():
 
 
 def test_packed_model_is_inference_only_and_pack_is_idempotent(golden_model):
-    """A packed model refuses to train, packs to itself, and is the class minimmf and model.py export."""
+    """A packed model refuses to train, packs to itself, and is the class minimmf and packed.py export."""
     packed = golden_model.pack()
     with pytest.raises(TypeError, match="inference only"):
         packed.loss_and_grads(np.zeros((1, 2), int), np.zeros((1, 2), int))
     assert packed.pack() is packed
-    from minimmf.model import PackedMMfreeLM as from_model_module
-    assert type(packed) is PackedMMfreeLM is minimmf.PackedMMfreeLM is from_model_module
+    from minimmf.packed import PackedMMfreeLM as from_packed_module
+    assert type(packed) is PackedMMfreeLM is minimmf.PackedMMfreeLM is from_packed_module
     matrices = [path for path, leaf in leaves(packed.params) if isinstance(leaf, np.ndarray) and leaf.ndim == 2]
     assert matrices == ["lower_bounds"]                             # no float weight matrix is kept
 

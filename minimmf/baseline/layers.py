@@ -14,7 +14,6 @@ from typing import NamedTuple
 import numpy as np
 
 from ..functional import silu, silu_backward
-from ..kernels import fused
 
 
 # ----------------------------------------------------------------------------- linear
@@ -206,10 +205,7 @@ def swiglu_forward(x: np.ndarray, p: dict):
     """
     gate, c_gate = linear_forward(x, p["gate_proj"])                      # (B, T, I)
     up, c_up = linear_forward(x, p["up_proj"])                            # (B, T, I)
-    if fused.use_fused(gate, up):                                         # MMfreeLM's GLU kernel: same math
-        a = fused.glu_act_forward(gate, up).reshape(gate.shape)
-    else:
-        a = silu(gate) * up
+    a = silu(gate) * up                                                   # (B, T, I)
     out, c_down = linear_forward(a, p["down_proj"])                       # (B, T, H)
     return out, SwiGLUCache(c_gate, c_up, c_down, gate, up)
 
@@ -217,13 +213,8 @@ def swiglu_forward(x: np.ndarray, p: dict):
 def swiglu_backward(dout: np.ndarray, cache: SwiGLUCache):
     """Backward of ``swiglu_forward``. Returns (dx, grads); x's two uses sum in one place."""
     da, g_down = linear_backward(dout, cache.down_proj)                   # (B, T, I)
-    if fused.use_fused(da, cache.gate, cache.up):                         # the two lines below, in one pass
-        dy = fused.glu_act_backward(da, cache.gate, cache.up).reshape(*da.shape[:-1], -1)
-        I = da.shape[-1]
-        dgate, dup = dy[..., :I], dy[..., I:]
-    else:
-        dgate = silu_backward(da * cache.up, cache.gate)
-        dup = da * silu(cache.gate)
+    dgate = silu_backward(da * cache.up, cache.gate)                      # (B, T, I)
+    dup = da * silu(cache.gate)
     dx_gate, g_gate = linear_backward(dgate, cache.gate_proj)
     dx_up, g_up = linear_backward(dup, cache.up_proj)
     return dx_gate + dx_up, {"gate_proj": g_gate, "up_proj": g_up, "down_proj": g_down}

@@ -27,13 +27,13 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import validate
-from ..functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
-from ..glu import intermediate_size_for
-from ..kernels import fused
+from ..config import NORM_EPS, intermediate_size_for
+from ..functional import RMSNormCache
 from ..lm import LanguageModel
+from ..seam import op
 from ..tree import leaves
-from .layers import (AttentionCache, SwiGLUCache, attention_backward, attention_forward,
-                     linear_backward, linear_forward, LinearCache, swiglu_backward, swiglu_forward)
+from .layers import (AttentionCache, LinearCache, SwiGLUCache, attention_backward, attention_forward,
+                     linear_backward, linear_forward)
 
 ARCHITECTURE = "transformer++"
 HEAD_DIM = 32     # head width used by ``TransformerConfig.for_width`` (nanoGPT's baby model: 128 wide, 4 heads)
@@ -128,27 +128,27 @@ class BlockCache(NamedTuple):
     mlp: SwiGLUCache
 
 
-def block_forward(x: np.ndarray, p: dict, n_heads: int, past_kv=None, eps: float = 1e-6,
+def block_forward(x: np.ndarray, p: dict, n_heads: int, past_kv=None, eps: float = NORM_EPS,
                   theta: float = 10000.0):
     """r = x + Attention(RMSNorm(x)); out = r + SwiGLU(RMSNorm(r)). Returns (out, cache, (K, V)).
 
     Shapes: x (B, T, H) -> out (B, T, H).
     """
-    n1, c_n1 = rmsnorm_forward(x, p["attn_norm"], eps)
+    n1, c_n1 = op.rmsnorm_forward(x, p["attn_norm"], eps)
     a, c_attn, kv = attention_forward(n1, p["attn"], n_heads, past_kv, theta)
     r = x + a                                                             # residual 1
-    n2, c_n2 = rmsnorm_forward(r, p["mlp_norm"], eps)
-    m, c_mlp = swiglu_forward(n2, p["mlp"])
+    n2, c_n2 = op.rmsnorm_forward(r, p["mlp_norm"], eps)
+    m, c_mlp = op.swiglu_forward(n2, p["mlp"])
     return r + m, BlockCache(c_n1, c_attn, c_n2, c_mlp), kv               # residual 2
 
 
 def block_backward(dout: np.ndarray, cache: BlockCache):
     """Backward of ``block_forward``. Returns (dx, grads)."""
-    dn2, g_mlp = swiglu_backward(dout, cache.mlp)
-    dr_norm, dw_mlp_norm = rmsnorm_backward(dn2, cache.mlp_norm)
+    dn2, g_mlp = op.swiglu_backward(dout, cache.mlp)
+    dr_norm, dw_mlp_norm = op.rmsnorm_backward(dn2, cache.mlp_norm)
     dr = dout + dr_norm                                                   # residual 2: both paths
     dn1, g_attn = attention_backward(dr, cache.attn)
-    dx_norm, dw_attn_norm = rmsnorm_backward(dn1, cache.attn_norm)
+    dx_norm, dw_attn_norm = op.rmsnorm_backward(dn1, cache.attn_norm)
     return dr + dx_norm, {"attn_norm": dw_attn_norm, "attn": g_attn,       # residual 1: both paths
                           "mlp_norm": dw_mlp_norm, "mlp": g_mlp}
 
@@ -175,7 +175,7 @@ def model_forward(params: dict, config: TransformerConfig, ids: np.ndarray, stat
         blocks.append(c_block)
         ks.append(k)
         vs.append(v)
-    hn, c_norm = rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
+    hn, c_norm = op.rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
     logits, c_head = linear_forward(hn, params["lm_head"])                # (B, T, V)
     return logits, ModelCache(ids, blocks, c_norm, c_head, config.vocab_size), KVCache(tuple(ks), tuple(vs))
 
@@ -183,18 +183,13 @@ def model_forward(params: dict, config: TransformerConfig, ids: np.ndarray, stat
 def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:
     """Backward of ``model_forward`` (from an empty state): the gradient tree, shaped like the parameters."""
     dhn, g_head = linear_backward(dlogits, cache.lm_head)
-    dh, g_norm = rmsnorm_backward(dhn, cache.norm)
+    dh, g_norm = op.rmsnorm_backward(dhn, cache.norm)
     g_layers = []
     for c_block in reversed(cache.blocks):                                # reverse order of the forward
         dh, g_block = block_backward(dh, c_block)
         g_layers.append(g_block)
     g_layers.reverse()
-    H = dh.shape[-1]
-    if fused.use_fused(dh):                                               # np.add.at is slow; same sums
-        dE = fused.embedding_backward(cache.ids, dh, cache.V)
-    else:
-        dE = np.zeros((cache.V, H), dtype=dh.dtype)
-        np.add.at(dE, cache.ids.reshape(-1), dh.reshape(-1, H))          # rows used several times sum
+    dE = op.embedding_backward(cache.ids, dh, cache.V)                   # (V, H): rows used several times sum
     return {"embeddings": dE, "layers": g_layers, "norm": g_norm, "lm_head": g_head}
 
 

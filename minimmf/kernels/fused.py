@@ -26,44 +26,24 @@ How "the same numbers" is achieved (``tests/test_kernels_fused.py`` checks it, e
 * e^x is not computed in Numba (LLVM's expf differs from NumPy's SIMD exp in the last bit, and Numba has no
   vectorised exp here): the wrapper computes ``e = exp(-|x|)`` with NumPy, in place, and the kernel does the rest.
 
-The modules (functional.py, quant.py, bitlinear.py, ...) call these kernels when ``use_fused(x)`` is true: the
-JIT is on, the dtype is float32/float64, and the reference path is not forced (``reference_path()``, or the
-environment variable ``MINIMMF_REFERENCE=1``). With ``NUMBA_DISABLE_JIT=1`` the modules run their NumPy
-reference (the kernels would be plain Python loops); the kernels themselves are still tested in that mode.
+Who calls them: the fast twins in ``minimmf/fast/`` (one per layer, same signatures and caches as the layer), chosen
+by the switch in ``minimmf/seam.py``. ``rmsnorm_row`` and ``bitlinear_front_row`` are the one-row building blocks
+that both these kernels and the one-token decode kernels (``decode.py``) are made of: BitLinear's input side is
+written once here, and once, readably, in ``functional.py`` + ``quant.py``.
 """
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
 
-import contextlib
-import math
-import os
-
-import numba
 import numpy as np
 from numba import njit
 
 PW_BLOCK = 128  # NumPy's PW_BLOCKSIZE: rows up to this length are summed with 8 accumulators, longer ones split
 
-_reference = os.environ.get("MINIMMF_REFERENCE", "") not in ("", "0")
 
-
-def use_fused(*arrays) -> bool:
-    """True when the fast kernels should run for these arrays (JIT on, float32/float64, not forced off)."""
-    if _reference or numba.config.DISABLE_JIT:
-        return False
+def fusable(*arrays) -> bool:
+    """True when these arrays can go to the kernels: all float32 or all float64 (else the caller runs NumPy)."""
     dt = arrays[0].dtype
     return (dt == np.float32 or dt == np.float64) and all(a.dtype == dt for a in arrays)
-
-
-@contextlib.contextmanager
-def reference_path(enabled: bool = True):
-    """Within this block every module runs its plain-NumPy reference (benchmarks and tests compare the two)."""
-    global _reference
-    old, _reference = _reference, enabled
-    try:
-        yield
-    finally:
-        _reference = old
 
 
 def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
@@ -165,18 +145,25 @@ def _sigmoid_from_e(x, e, one):
 # ----------------------------------------------------------------------------- RMSNorm
 
 @njit(cache=True, error_model="numpy")
+def rmsnorm_row(x, w, eps, nC, one, sq, y):
+    """functional.rmsnorm_forward on one row: y = (x rstd) w with rstd = 1 / sqrt(mean(x^2) + eps); returns rstd.
+
+    Shapes: x, w, y (C,); sq (C,) scratch; nC = C and one = 1 in x's dtype.
+    """
+    C = x.shape[0]
+    for j in range(C):
+        sq[j] = x[j] * x[j]
+    rs = one / np.sqrt(_pairwise_sum(sq, 0, C, one - one) / nC + eps)
+    for j in range(C):
+        y[j] = (x[j] * rs) * w[j]
+    return rs
+
+
+@njit(cache=True, error_model="numpy")
 def _rmsnorm_fwd(x, w, eps, nC, one, y, rstd):
-    N, C = x.shape
-    zero = one - one
-    sq = np.empty(C, x.dtype)                                # row buffer: x * x
-    for r in range(N):
-        xr, yr = x[r], y[r]
-        for j in range(C):
-            sq[j] = xr[j] * xr[j]
-        rs = one / np.sqrt(_pairwise_sum(sq, 0, C, zero) / nC + eps)
-        rstd[r] = rs
-        for j in range(C):
-            yr[j] = (xr[j] * rs) * w[j]
+    sq = np.empty(x.shape[1], x.dtype)                       # row buffer: x * x
+    for r in range(x.shape[0]):
+        rstd[r] = rmsnorm_row(x[r], w, eps, nC, one, sq, y[r])
 
 
 def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
@@ -234,36 +221,49 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndar
 # ----------------------------------------------------------------------------- BitLinear: quantizers
 
 @njit(cache=True, error_model="numpy")
-def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, n, a, a_bits):
-    N, C = x.shape
+def bitlinear_front_row(x, g, eps, nC, qmax, act_eps, half, one, q, a, a_bits):
+    """BitLinear's input side on one row: RMSNorm, then absmax int8 codes (as floats) in q. Returns (rstd, s_x).
+
+        rstd = 1 / sqrt(mean(x^2) + eps),  n = (x rstd) g,
+        s_x = qmax / max(max|n|, act_eps),  q = clip(round_half_away(n s_x), -qmax - 1, qmax).
+    Shapes: x, g, q (C,); a (C,) scratch and a_bits the same buffer viewed as int32/int64; scalars in x's dtype.
+    """
+    C = x.shape[0]
     zero = one - one
+    for j in range(C):
+        q[j] = x[j] * x[j]
+    rs = one / np.sqrt(_pairwise_sum(q, 0, C, zero) / nC + eps)          # RMSNorm
+    for j in range(C):
+        v = (x[j] * rs) * g[j]
+        q[j] = v
+        a[j] = abs(v)
+    # max |n|: a float max-reduction does not vectorise, but for floats >= 0 the order of the bit
+    # patterns (read as signed integers) is the order of the values, NaN above +inf as np.max has it
+    m = a_bits[0]
+    for j in range(1, C):
+        m = max(m, a_bits[j])
+    a_bits[0] = m
+    s = qmax / max(a[0], act_eps)                                          # absmax scale
     lo, hi = -qmax - one, qmax
+    for j in range(C):
+        c = _round_half_away(q[j] * s, half, one, zero)
+        q[j] = min(max(c, lo), hi) + zero                                  # clip; + 0 turns -0 into 0
+    return rs, s
+
+
+@njit(cache=True, error_model="numpy")
+def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, a, a_bits):
+    N, C = x.shape
     for r in range(N):
-        xr, qr, xqr = x[r], q[r], xq[r]
+        qr, xqr = q[r], xq[r]
+        rs, s = bitlinear_front_row(x[r], g, eps, nC, qmax, act_eps, half, one, qr, a, a_bits)
         for j in range(C):
-            n[j] = xr[j] * xr[j]
-        rs = one / np.sqrt(_pairwise_sum(n, 0, C, zero) / nC + eps)      # RMSNorm
-        for j in range(C):
-            v = (xr[j] * rs) * g[j]
-            n[j] = v
-            a[j] = abs(v)
-        # max |n|: a float max-reduction does not vectorise, but for floats >= 0 the order of the bit
-        # patterns (read as signed integers) is the order of the values, NaN above +inf as np.max has it
-        m = a_bits[0]
-        for j in range(1, C):
-            m = max(m, a_bits[j])
-        a_bits[0] = m
-        s = qmax / max(a[0], act_eps)                                      # absmax scale
-        for j in range(C):
-            c = _round_half_away(n[j] * s, half, one, zero)
-            c = min(max(c, lo), hi) + zero                                 # clip; + 0 turns -0 into 0
-            qr[j] = c
-            xqr[j] = c / s
+            xqr[j] = qr[j] / s
         rstd[r] = rs
         s_x[r] = s
 
 
-def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int = 127, act_eps: float = 1e-5):
+def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int, act_eps: float):
     """RMSNorm then per-token absmax int8 quantization, in one pass per row (BitLinear's input side).
 
     Same numbers as ``n = rmsnorm_forward(x, g, eps)[0]; q_x, s_x = activation_quant(n)``:
@@ -277,9 +277,9 @@ def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int = 127, a
     N, C = x.shape
     q, xq = np.empty_like(x), np.empty_like(x)
     s_x, rstd = np.empty((N, 1), x.dtype), np.empty((N, 1), x.dtype)
-    n, a = np.empty(C, x.dtype), np.empty(C, x.dtype)                    # row buffers: n, |n|
+    a = np.empty(C, x.dtype)                                             # row buffer: |n|
     _bitlinear_front(x, np.ascontiguousarray(g, x.dtype), ft(eps), ft(C), ft(qmax), ft(act_eps), ft(0.5),
-                     ft(1), q, xq, s_x[:, 0], rstd[:, 0], n, a, a.view(np.int32 if ft is np.float32 else np.int64))
+                     ft(1), q, xq, s_x[:, 0], rstd[:, 0], a, a.view(np.int32 if ft is np.float32 else np.int64))
     return q, xq, s_x, rstd
 
 
@@ -293,7 +293,7 @@ def _ternary_codes(W, s_w, half, one, qf, Wq):
         Wq[k] = c / s_w
 
 
-def weight_quant(W: np.ndarray, eps: float = 1e-5):
+def weight_quant(W: np.ndarray, eps: float):
     """quant.weight_quant plus the dequantized matrix: NumPy's absmean, then one pass for codes and W_q.
 
     s_w = 1 / max(mean|W|, eps),  q_w = clip(round_half_away(W s_w), -1, 1),  W_q = q_w / s_w.
