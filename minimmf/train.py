@@ -203,6 +203,8 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
     if cfg.budget_minutes is not None and not resume:          # fix the step count that fills the budget
         from .recipes import size_to_budget
         cfg = size_to_budget(cfg, model, split, log)
+    from .fast.memory import prepare_process
+    prepare_process()                                          # keep freed memory for the next step
     bar = None
     if progress:
         from tqdm import tqdm

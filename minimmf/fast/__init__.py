@@ -14,4 +14,7 @@ is made of through the seam (``op``), so a twin never hides an edit to another l
     minimmf/optim.py         adamw_update                           fast/optim.py
     minimmf/baseline/layers.py  swiglu_forward / swiglu_backward    fast/baseline.py
     minimmf/packed.py        packed_step (the plain one-token step) fast/decode.py
+
+``memory.py`` is not a twin: it sets up the process a training loop runs in (freed memory kept for the next step,
+no garbage-collector sweeps of long-lived objects), which changes no number.
 """

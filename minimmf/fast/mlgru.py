@@ -49,6 +49,7 @@ def mlgru_backward(dout: np.ndarray, cache: MLGRUCache):
     dzf, dzi, dlb = fused.mlgru_gates_backward(df, di, c.f, c.sf, c.zi, c.lb)
     dx_f, g_f = op.bitlinear_backward(dzf.reshape(shape), c.f_proj)
     dx_i, g_i = op.bitlinear_backward(dzi.reshape(shape), c.i_proj)
-    dx = dx_f + dx_i + dx_g
+    dx = np.add(dx_f, dx_i, out=dx_f)                                    # (dx_f + dx_i) + dx_g, in place
+    dx += dx_g
     grads = {"i_proj": g_i, "f_proj": g_f, "g_proj": g_g, "o_proj": g_o, "g_norm": dw_gnorm}
     return dx, grads, dlb, dh0

@@ -26,6 +26,12 @@ How "the same numbers" is achieved (``tests/test_kernels_fused.py`` checks it, e
 * e^x is not computed in Numba (LLVM's expf differs from NumPy's SIMD exp in the last bit, and Numba has no
   vectorised exp here): the wrapper computes ``e = exp(-|x|)`` with NumPy, in place, and the kernel does the rest.
 
+Threads: each kernel is written for a range of rows ``[lo, hi)`` (serial code, which LLVM vectorises), and a
+``*_par`` driver gives each Numba thread one contiguous part of the rows (``prange``). Every row is computed by the
+same operations whichever thread does it, so the bits do not depend on the thread count. A sum over rows (a column
+sum: RMSNorm's ``dw``, the lower bound's ``dlb``, the embedding's scatter-add) must add the rows in order to give
+NumPy's bits, so it is split over *columns* instead: each thread adds every row, in order, into its own columns.
+
 Who calls them: the fast twins in ``minimmf/fast/`` (one per layer, same signatures and caches as the layer), chosen
 by the switch in ``minimmf/seam.py``. ``rmsnorm_row`` and ``bitlinear_front_row`` are the one-row building blocks
 that both these kernels and the one-token decode kernels (``decode.py``) are made of: BitLinear's input side is
@@ -34,10 +40,14 @@ written once here, and once, readably, in ``functional.py`` + ``quant.py``.
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
 
+import weakref
+
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 PW_BLOCK = 128  # NumPy's PW_BLOCKSIZE: rows up to this length are summed with 8 accumulators, longer ones split
+SERIAL_BELOW = 1 << 14  # AdamW: parameters smaller than this are updated on one thread (norm gains, lower bounds)
 
 
 def fusable(*arrays) -> bool:
@@ -47,15 +57,44 @@ def fusable(*arrays) -> bool:
 
 
 def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
-    """e = exp(-|x|) with NumPy's exp (the bits the reference sigmoid sees), in one fresh buffer."""
+    """e = exp(-|x|) with NumPy's exp (the bits the reference sigmoid sees), in one fresh buffer.
+
+    e^x is the most expensive operation of the element-wise kernels, and a backward pass needs it for the same
+    activations its forward did (the gates, h, the GLU's gate). So it is computed once: the result is kept beside
+    the activation for as long as the activation's memory lives (``_EXP_MEMO``, dropped when it is freed) and
+    handed to the next caller that asks for the same memory. Activations are never written after they are made
+    (forward never changes its inputs, backward never changes its cache), so the kept e is the e of the values.
+    """
+    root, b = x, x.base
+    while b is not None:                             # the array that owns the memory (through views, as_strided)
+        if isinstance(b, np.ndarray):
+            root = b
+        b = getattr(b, "base", None)
+    where = (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
+    memo = _EXP_MEMO.get(id(root))
+    if memo is not None and memo[0]() is root and where in memo[1]:
+        return memo[1].pop(where)                    # its one reuse: the backward of the forward that made it
     e = np.abs(x)
     np.negative(e, out=e)
-    return np.exp(e, out=e)
+    np.exp(e, out=e)
+    if memo is None or memo[0]() is not root:
+        memo = (weakref.ref(root, lambda _, key=id(root): _EXP_MEMO.pop(key, None)), {})
+        _EXP_MEMO[id(root)] = memo
+    memo[1][where] = e
+    return e
+
+
+_EXP_MEMO: dict = {}   # id(activation's root array) -> (weak reference to it, {(address, shape, strides, dtype): e})
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
     """(..., C) -> (N, C) C-contiguous (a view when x already is)."""
     return np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+
+
+def _parts() -> int:
+    """P: how many contiguous parts the ``*_par`` drivers split the rows into, one per Numba thread."""
+    return numba.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- shared scalar helpers
@@ -160,10 +199,17 @@ def rmsnorm_row(x, w, eps, nC, one, sq, y):
 
 
 @njit(cache=True, error_model="numpy")
-def _rmsnorm_fwd(x, w, eps, nC, one, y, rstd):
+def _rmsnorm_fwd(x, w, eps, nC, one, y, rstd, lo, hi):
     sq = np.empty(x.shape[1], x.dtype)                       # row buffer: x * x
-    for r in range(x.shape[0]):
+    for r in range(lo, hi):
         rstd[r] = rmsnorm_row(x[r], w, eps, nC, one, sq, y[r])
+
+
+@njit(parallel=True, cache=True)
+def _rmsnorm_fwd_par(x, w, eps, nC, one, y, rstd, P):
+    N = x.shape[0]
+    for k in prange(P):
+        _rmsnorm_fwd(x, w, eps, nC, one, y, rstd, k * N // P, (k + 1) * N // P)
 
 
 def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
@@ -176,32 +222,44 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
     N, C = x.shape
     y = np.empty_like(x)
     rstd = np.empty((N, 1), x.dtype)
-    _rmsnorm_fwd(x, np.ascontiguousarray(w, x.dtype), ft(eps), ft(C), ft(1), y, rstd[:, 0])
+    _rmsnorm_fwd_par(x, np.ascontiguousarray(w, x.dtype), ft(eps), ft(C), ft(1), y, rstd[:, 0], _parts())
     return y, rstd
 
 
 @njit(cache=True, error_model="numpy")
-def _rmsnorm_bwd(dy, x, rstd, w, nC, dx, dw):
-    N, C = x.shape
+def _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, lo, hi):
+    C = x.shape[1]
     zero = nC - nC
     buf = np.empty(C, x.dtype)                               # row buffer: dn * n
-    col = np.empty(N if C == 1 else 0, x.dtype)              # C = 1: the column of dy * n
-    for j in range(C):
-        dw[j] = zero
-    for r in range(N):
+    for r in range(lo, hi):
         xr, dyr, dxr = x[r], dy[r], dx[r]
         rs = rstd[r]
         for j in range(C):
-            n = xr[j] * rs
-            dw[j] += dyr[j] * n                              # rows summed in order, as np.sum(axis=0)
-            buf[j] = (dyr[j] * w[j]) * n
-        if C == 1:
-            col[r] = dyr[0] * (xr[0] * rs)
+            buf[j] = (dyr[j] * w[j]) * (xr[j] * rs)
         mean = _pairwise_sum(buf, 0, C, zero) / nC
         for j in range(C):
             dxr[j] = rs * (dyr[j] * w[j] - (xr[j] * rs) * mean)
-    if C == 1:                                               # NumPy sums a single column pairwise: so do we
-        dw[0] = _pairwise_sum(col, 0, N, zero)
+
+
+@njit(cache=True, error_model="numpy")
+def _rmsnorm_bwd_dw(dy, x, rstd, dw, zero, c0, c1):
+    for j in range(c0, c1):
+        dw[j] = zero
+    for r in range(x.shape[0]):                              # rows summed in order, as np.sum(axis=0)
+        xr, dyr = x[r], dy[r]
+        rs = rstd[r]
+        for j in range(c0, c1):
+            dw[j] += dyr[j] * (xr[j] * rs)
+
+
+@njit(parallel=True, cache=True)
+def _rmsnorm_bwd_par(dy, x, rstd, w, nC, dx, dw, P):
+    N, C = x.shape
+    for k in prange(P):                                      # dx: parts of the rows
+        _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, k * N // P, (k + 1) * N // P)
+    Q = min(P, C)
+    for k in prange(Q):                                      # dw: parts of the columns, every row in order
+        _rmsnorm_bwd_dw(dy, x, rstd, dw, nC - nC, k * C // Q, (k + 1) * C // Q)
 
 
 def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndarray):
@@ -214,7 +272,10 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndar
     N, C = x.shape
     dx = np.empty_like(x)
     dw = np.empty(C, x.dtype)
-    _rmsnorm_bwd(dy, x, np.ascontiguousarray(rstd.reshape(-1)), np.ascontiguousarray(w, x.dtype), ft(C), dx, dw)
+    rstd = np.ascontiguousarray(rstd.reshape(-1))
+    _rmsnorm_bwd_par(dy, x, rstd, np.ascontiguousarray(w, x.dtype), ft(C), dx, dw, _parts())
+    if C == 1:                                               # NumPy sums a single column pairwise: so do we
+        dw[0] = np.sum(dy[:, 0] * (x[:, 0] * rstd))
     return dx, dw
 
 
@@ -252,15 +313,23 @@ def bitlinear_front_row(x, g, eps, nC, qmax, act_eps, half, one, q, a, a_bits):
 
 
 @njit(cache=True, error_model="numpy")
-def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, a, a_bits):
-    N, C = x.shape
-    for r in range(N):
+def _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, a, a_bits, lo, hi):
+    C = x.shape[1]
+    for r in range(lo, hi):
         qr, xqr = q[r], xq[r]
         rs, s = bitlinear_front_row(x[r], g, eps, nC, qmax, act_eps, half, one, qr, a, a_bits)
         for j in range(C):
             xqr[j] = qr[j] / s
         rstd[r] = rs
         s_x[r] = s
+
+
+@njit(parallel=True, cache=True)
+def _bitlinear_front_par(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, a, a_bits):
+    N, P = x.shape[0], a.shape[0]
+    for k in prange(P):                                      # a[k]: the row buffer |n| of part k
+        _bitlinear_front(x, g, eps, nC, qmax, act_eps, half, one, q, xq, s_x, rstd, a[k], a_bits[k],
+                         k * N // P, (k + 1) * N // P)
 
 
 def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int, act_eps: float):
@@ -277,8 +346,8 @@ def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int, act_eps
     N, C = x.shape
     q, xq = np.empty_like(x), np.empty_like(x)
     s_x, rstd = np.empty((N, 1), x.dtype), np.empty((N, 1), x.dtype)
-    a = np.empty(C, x.dtype)                                             # row buffer: |n|
-    _bitlinear_front(x, np.ascontiguousarray(g, x.dtype), ft(eps), ft(C), ft(qmax), ft(act_eps), ft(0.5),
+    a = np.empty((_parts(), C), x.dtype)                                 # row buffers: |n|, one per part
+    _bitlinear_front_par(x, np.ascontiguousarray(g, x.dtype), ft(eps), ft(C), ft(qmax), ft(act_eps), ft(0.5),
                      ft(1), q, xq, s_x[:, 0], rstd[:, 0], a, a.view(np.int32 if ft is np.float32 else np.int64))
     return q, xq, s_x, rstd
 
@@ -293,6 +362,14 @@ def _ternary_codes(W, s_w, half, one, qf, Wq):
         Wq[k] = c / s_w
 
 
+@njit(parallel=True, cache=True)
+def _ternary_codes_par(W, s_w, half, one, qf, Wq, P):
+    n = W.size
+    for k in prange(P):                                      # parts of the flat matrix, as 1-D views
+        lo, hi = k * n // P, (k + 1) * n // P
+        _ternary_codes(W[lo:hi], s_w, half, one, qf[lo:hi], Wq[lo:hi])
+
+
 def weight_quant(W: np.ndarray, eps: float):
     """quant.weight_quant plus the dequantized matrix: NumPy's absmean, then one pass for codes and W_q.
 
@@ -303,16 +380,16 @@ def weight_quant(W: np.ndarray, eps: float):
     flat = np.ascontiguousarray(W).reshape(-1)
     s_w = ft(1.0) / np.maximum(np.mean(np.abs(flat)), ft(eps))       # quant.weight_quant's own line
     qf, Wq = np.empty_like(flat), np.empty_like(flat)
-    _ternary_codes(flat, ft(s_w), ft(0.5), ft(1), qf, Wq)
+    _ternary_codes_par(flat, ft(s_w), ft(0.5), ft(1), qf, Wq, _parts())
     return qf.reshape(W.shape), Wq.reshape(W.shape), ft(s_w)
 
 
 # ----------------------------------------------------------------------------- MLGRU element-wise
 
 @njit(cache=True, error_model="numpy")
-def _mlgru_gates_fwd(zf, ef, zi, ei, lb, has_lb, one, sf, f, i):
+def _mlgru_gates_fwd(zf, ef, zi, ei, lb, has_lb, one, sf, f, i, lo, hi):
     N, C = zf.shape
-    for r in range(N):
+    for r in range(lo, hi):
         zfr, efr, zir, eir = zf[r], ef[r], zi[r], ei[r]
         sfr, fr, ir = sf[r], f[r], i[r]
         for j in range(C):
@@ -321,6 +398,13 @@ def _mlgru_gates_fwd(zf, ef, zi, ei, lb, has_lb, one, sf, f, i):
             sfr[j] = s
             fr[j] = fj
             ir[j] = (zir[j] * _sigmoid_from_e(zir[j], eir[j], one)) * (one - fj)
+
+
+@njit(parallel=True, cache=True)
+def _mlgru_gates_fwd_par(zf, ef, zi, ei, lb, has_lb, one, sf, f, i, P):
+    N = zf.shape[0]
+    for k in prange(P):
+        _mlgru_gates_fwd(zf, ef, zi, ei, lb, has_lb, one, sf, f, i, k * N // P, (k + 1) * N // P)
 
 
 def mlgru_gates_forward(zf: np.ndarray, zi: np.ndarray, lb: np.ndarray | None):
@@ -332,33 +416,47 @@ def mlgru_gates_forward(zf: np.ndarray, zi: np.ndarray, lb: np.ndarray | None):
     zf, zi = _rows(zf), _rows(zi)
     sf, f, i = np.empty_like(zf), np.empty_like(zf), np.empty_like(zf)
     lb_a = np.zeros(zf.shape[1], zf.dtype) if lb is None else np.ascontiguousarray(lb, zf.dtype)
-    _mlgru_gates_fwd(zf, _exp_neg_abs(zf), zi, _exp_neg_abs(zi), lb_a, lb is not None, ft(1), sf, f, i)
+    _mlgru_gates_fwd_par(zf, _exp_neg_abs(zf), zi, _exp_neg_abs(zi), lb_a, lb is not None, ft(1), sf, f, i, _parts())
     return sf, f, i
 
 
 @njit(cache=True, error_model="numpy")
-def _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, dlb):
-    N, C = df.shape
-    zero = one - one
-    col = np.empty(N if C == 1 else 0, df.dtype)             # C = 1: the column summed into dlb
-    for j in range(C):
-        dlb[j] = zero
-    for r in range(N):
+def _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, t, lo, hi):
+    C = df.shape[1]
+    for r in range(lo, hi):
         dfr, dir_, fr, sfr, zir, eir = df[r], di[r], f[r], sf[r], zi[r], ei[r]
-        dzfr, dzir = dzf[r], dzi[r]
+        dzfr, dzir, tr = dzf[r], dzi[r], t[r]
         for j in range(C):
             z = zir[j]
             s = _sigmoid_from_e(z, eir[j], one)
             dzir[j] = (dir_[j] * (one - fr[j])) * (s * (one + z * (one - s)))   # silu backward
             d = dfr[j] - dir_[j] * (z * s)                                     # i = silu(zi) (1 - f)
             if has_lb:
-                dlb[j] += d * (one - sfr[j])                                   # rows in order, as np.sum(axis=0)
-                if C == 1:
-                    col[r] = d * (one - sfr[j])
+                tr[j] = d * (one - sfr[j])                                     # summed over rows into dlb
                 d = d * (one - lb[j])
             dzfr[j] = (d * sfr[j]) * (one - sfr[j])                            # sigmoid backward
-    if has_lb and C == 1:                                                      # NumPy sums one column pairwise
-        dlb[0] = _pairwise_sum(col, 0, N, zero)
+
+
+@njit(cache=True, error_model="numpy")
+def _column_sums(t, out, zero, c0, c1):
+    """out[j] = 0 + the sum over rows r, in order, of t[r, j], for columns [c0, c1) (np.sum(t, axis=0)'s bits)."""
+    for j in range(c0, c1):
+        out[j] = zero
+    for r in range(t.shape[0]):
+        tr = t[r]
+        for j in range(c0, c1):
+            out[j] += tr[j]
+
+
+@njit(parallel=True, cache=True)
+def _mlgru_gates_bwd_par(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, t, dlb, P):
+    N, C = df.shape
+    for k in prange(P):
+        _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, t, k * N // P, (k + 1) * N // P)
+    if has_lb and C > 1:
+        Q = min(P, C)
+        for k in prange(Q):                                  # dlb: parts of the columns, every row in order
+            _column_sums(t, dlb, one - one, k * C // Q, (k + 1) * C // Q)
 
 
 def mlgru_gates_backward(df, di, f, sf, zi, lb):
@@ -372,31 +470,42 @@ def mlgru_gates_backward(df, di, f, sf, zi, lb):
     dzf, dzi = np.empty_like(df), np.empty_like(df)
     dlb = np.empty(df.shape[1], df.dtype)
     lb_a = np.zeros(df.shape[1], df.dtype) if lb is None else np.ascontiguousarray(lb, df.dtype)
-    _mlgru_gates_bwd(df, di, f, sf, zi, _exp_neg_abs(zi), lb_a, lb is not None, ft(1), dzf, dzi, dlb)
+    t = np.empty_like(df) if lb is not None else np.empty((1, df.shape[1]), df.dtype)   # d (1 - sf) for dlb
+    _mlgru_gates_bwd_par(df, di, f, sf, zi, _exp_neg_abs(zi), lb_a, lb is not None, ft(1), dzf, dzi, t, dlb,
+                         _parts())
+    if lb is not None and df.shape[1] == 1:                  # NumPy sums one column pairwise: so do we
+        dlb[0] = np.sum(t[:, 0])
     return dzf, dzi, (dlb if lb is not None else None)
 
 
 @njit(cache=True, error_model="numpy")
-def _mlgru_output_fwd(gn, h, eh, one, o):
+def _mlgru_output_fwd(gn, h, eh, one, o, lo, hi):
     N, C = h.shape
-    for r in range(N):
+    for r in range(lo, hi):
         gnr, hr, ehr, orow = gn[r], h[r], eh[r], o[r]
         for j in range(C):
             orow[j] = gnr[j] * (hr[j] * _sigmoid_from_e(hr[j], ehr[j], one))
+
+
+@njit(parallel=True, cache=True)
+def _mlgru_output_fwd_par(gn, h, eh, one, o, P):
+    N = h.shape[0]
+    for k in prange(P):
+        _mlgru_output_fwd(gn, h, eh, one, o, k * N // P, (k + 1) * N // P)
 
 
 def mlgru_output_forward(gn: np.ndarray, h: np.ndarray) -> np.ndarray:
     """o = gn silu(h) — one pass. Shapes: gn, h (N, H) -> o (N, H)."""
     gn, h = _rows(gn), _rows(h)
     o = np.empty_like(h)
-    _mlgru_output_fwd(gn, h, _exp_neg_abs(h), h.dtype.type(1), o)
+    _mlgru_output_fwd_par(gn, h, _exp_neg_abs(h), h.dtype.type(1), o, _parts())
     return o
 
 
 @njit(cache=True, error_model="numpy")
-def _mlgru_output_bwd(do, gn, h, eh, one, dgn, dh):
+def _mlgru_output_bwd(do, gn, h, eh, one, dgn, dh, lo, hi):
     N, C = h.shape
-    for r in range(N):
+    for r in range(lo, hi):
         dor, gnr, hr, ehr, dgnr, dhr = do[r], gn[r], h[r], eh[r], dgn[r], dh[r]
         for j in range(C):
             x = hr[j]
@@ -405,25 +514,39 @@ def _mlgru_output_bwd(do, gn, h, eh, one, dgn, dh):
             dhr[j] = (dor[j] * gnr[j]) * (s * (one + x * (one - s)))
 
 
+@njit(parallel=True, cache=True)
+def _mlgru_output_bwd_par(do, gn, h, eh, one, dgn, dh, P):
+    N = h.shape[0]
+    for k in prange(P):
+        _mlgru_output_bwd(do, gn, h, eh, one, dgn, dh, k * N // P, (k + 1) * N // P)
+
+
 def mlgru_output_backward(do: np.ndarray, gn: np.ndarray, h: np.ndarray):
     """Backward of o = gn silu(h): dgn = do silu(h), dh = do gn silu'(h). Shapes: (N, H) each -> dgn, dh."""
     do, gn, h = _rows(do), _rows(gn), _rows(h)
     dgn, dh = np.empty_like(h), np.empty_like(h)
-    _mlgru_output_bwd(do, gn, h, _exp_neg_abs(h), h.dtype.type(1), dgn, dh)
+    _mlgru_output_bwd_par(do, gn, h, _exp_neg_abs(h), h.dtype.type(1), dgn, dh, _parts())
     return dgn, dh
 
 
 # ----------------------------------------------------------------------------- GLU element-wise
 
 @njit(cache=True, error_model="numpy")
-def _glu_fwd(y, e, one, a):
+def _glu_fwd(y, e, one, a, lo, hi):
     N, C = a.shape
-    for r in range(N):
+    for r in range(lo, hi):
         yr, er, ar = y[r], e[r], a[r]
         gr, ur = yr[:C], yr[C:]
         for j in range(C):
             g = gr[j]
             ar[j] = (g * _sigmoid_from_e(g, er[j], one)) * ur[j]
+
+
+@njit(parallel=True, cache=True)
+def _glu_fwd_par(y, e, one, a, P):
+    N = a.shape[0]
+    for k in prange(P):
+        _glu_fwd(y, e, one, a, k * N // P, (k + 1) * N // P)
 
 
 def _joined(gate, up):
@@ -443,14 +566,14 @@ def glu_act_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     y = _joined(gate, up)                                    # (N, 2I)
     I = y.shape[1] // 2
     a = np.empty((y.shape[0], I), y.dtype)
-    _glu_fwd(y, _exp_neg_abs(y[:, :I]), y.dtype.type(1), a)
+    _glu_fwd_par(y, _exp_neg_abs(y[:, :I]), y.dtype.type(1), a, _parts())
     return a
 
 
 @njit(cache=True, error_model="numpy")
-def _glu_bwd(da, y, e, one, dy):
+def _glu_bwd(da, y, e, one, dy, lo, hi):
     N, C = da.shape
-    for r in range(N):
+    for r in range(lo, hi):
         dar, yr, er, dyr = da[r], y[r], e[r], dy[r]
         gr, ur, dgr, dur = yr[:C], yr[C:], dyr[:C], dyr[C:]
         for j in range(C):
@@ -458,6 +581,13 @@ def _glu_bwd(da, y, e, one, dy):
             s = _sigmoid_from_e(g, er[j], one)
             dgr[j] = (dar[j] * ur[j]) * (s * (one + g * (one - s)))    # dgate = silu'(gate) da up
             dur[j] = dar[j] * (g * s)                                  # dup = da silu(gate)
+
+
+@njit(parallel=True, cache=True)
+def _glu_bwd_par(da, y, e, one, dy, P):
+    N = da.shape[0]
+    for k in prange(P):
+        _glu_bwd(da, y, e, one, dy, k * N // P, (k + 1) * N // P)
 
 
 def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -469,16 +599,16 @@ def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.nda
     y = _joined(gate, up)                                    # (N, 2I)
     N, I = da.shape
     dy = np.empty((N, 2 * I), da.dtype)
-    _glu_bwd(da, y, _exp_neg_abs(y[:, :I]), da.dtype.type(1), dy)
+    _glu_bwd_par(da, y, _exp_neg_abs(y[:, :I]), da.dtype.type(1), dy, _parts())
     return dy
 
 
 # ----------------------------------------------------------------------------- cross-entropy
 
 @njit(cache=True, error_model="numpy")
-def _ce_shift(x, mx, z, zt, target):
+def _ce_shift(x, mx, z, zt, target, lo, hi):
     N, V = x.shape
-    for r in range(N):
+    for r in range(lo, hi):
         xr, zr = x[r], z[r]
         m = mx[r]
         for j in range(V):
@@ -486,15 +616,29 @@ def _ce_shift(x, mx, z, zt, target):
         zt[r] = zr[max(target[r], 0)]                    # z at the target, before exp overwrites z
 
 
+@njit(parallel=True, cache=True)
+def _ce_shift_par(x, mx, z, zt, target, P):
+    N = x.shape[0]
+    for k in prange(P):
+        _ce_shift(x, mx, z, zt, target, k * N // P, (k + 1) * N // P)
+
+
 @njit(cache=True, error_model="numpy")
-def _ce_normalize(zt, target, zero, p, nll):
+def _ce_normalize(zt, target, zero, p, nll, lo, hi):
     N, V = p.shape
-    for r in range(N):
+    for r in range(lo, hi):
         pr = p[r]
         s = _pairwise_sum(pr, 0, V, zero)
         for j in range(V):
             pr[j] = pr[j] / s
         nll[r] = np.log(s) - zt[r] if target[r] >= 0 else zero
+
+
+@njit(parallel=True, cache=True)
+def _ce_normalize_par(zt, target, zero, p, nll, P):
+    N = p.shape[0]
+    for k in prange(P):
+        _ce_normalize(zt, target, zero, p, nll, k * N // P, (k + 1) * N // P)
 
 
 def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
@@ -507,18 +651,18 @@ def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
     target = np.ascontiguousarray(target.reshape(-1), np.int64)
     p = np.empty_like(x)
     zt = np.empty(x.shape[0], x.dtype)
-    _ce_shift(x, np.max(x, axis=1), p, zt, target)      # p = z = logits - max (NumPy's max: it vectorises)
+    _ce_shift_par(x, np.max(x, axis=1), p, zt, target, _parts())    # p = z = logits - max (NumPy's max: it vectorises)
     np.exp(p, out=p)                                     # NumPy's exp, the reference's bits
     nll = np.empty(x.shape[0], x.dtype)
-    _ce_normalize(zt, target, x.dtype.type(0), p, nll)
+    _ce_normalize_par(zt, target, x.dtype.type(0), p, nll, _parts())
     return p, nll
 
 
 @njit(cache=True, error_model="numpy")
-def _ce_bwd(p, target, count, one, d):
+def _ce_bwd(p, target, count, one, d, lo, hi):
     N, V = p.shape
     zero = one - one
-    for r in range(N):
+    for r in range(lo, hi):
         pr, dr = p[r], d[r]
         t = target[r]
         if t < 0:
@@ -530,6 +674,13 @@ def _ce_bwd(p, target, count, one, d):
             dr[t] = (pr[t] - one) / count
 
 
+@njit(parallel=True, cache=True)
+def _ce_bwd_par(p, target, count, one, d, P):
+    N = p.shape[0]
+    for k in prange(P):
+        _ce_bwd(p, target, count, one, d, k * N // P, (k + 1) * N // P)
+
+
 def cross_entropy_backward(probs: np.ndarray, target: np.ndarray, count: int) -> np.ndarray:
     """dlogits = (probs - onehot(target)) / count, 0 at unscored positions (target < 0) — one pass.
 
@@ -538,19 +689,26 @@ def cross_entropy_backward(probs: np.ndarray, target: np.ndarray, count: int) ->
     ft = probs.dtype.type
     p = _rows(probs)
     d = np.empty_like(p)
-    _ce_bwd(p, np.ascontiguousarray(target.reshape(-1), np.int64), ft(count), ft(1), d)
+    _ce_bwd_par(p, np.ascontiguousarray(target.reshape(-1), np.int64), ft(count), ft(1), d, _parts())
     return d
 
 
 # ----------------------------------------------------------------------------- embedding, AdamW
 
 @njit(cache=True, error_model="numpy")
-def _scatter_add_rows(ids, dh, dE):
-    H = dh.shape[1]
-    for k in range(ids.shape[0]):
+def _scatter_add_rows(ids, dh, dE, c0, c1):
+    for k in range(ids.shape[0]):                        # tokens in order, columns [c0, c1)
         row, src = dE[ids[k]], dh[k]
-        for j in range(H):
+        for j in range(c0, c1):
             row[j] += src[j]
+
+
+@njit(parallel=True, cache=True)
+def _scatter_add_rows_par(ids, dh, dE, P):
+    H = dh.shape[1]
+    Q = min(P, H)
+    for k in prange(Q):                                  # parts of the columns, every token in order
+        _scatter_add_rows(ids, dh, dE, k * H // Q, (k + 1) * H // Q)
 
 
 def embedding_backward(ids: np.ndarray, dh: np.ndarray, V: int) -> np.ndarray:
@@ -560,7 +718,7 @@ def embedding_backward(ids: np.ndarray, dh: np.ndarray, V: int) -> np.ndarray:
     """
     dh = _rows(dh)
     dE = np.zeros((V, dh.shape[1]), dh.dtype)
-    _scatter_add_rows(np.ascontiguousarray(ids.reshape(-1), np.int64), dh, dE)
+    _scatter_add_rows_par(np.ascontiguousarray(ids.reshape(-1), np.int64), dh, dE, _parts())
     return dE
 
 
@@ -575,6 +733,14 @@ def _adamw(p, g, m, v, b1, omb1, b2, omb2, c1, c2, eps, lr, wd):
         p[k] = p[k] - lr * ((mk / c1) / (np.sqrt(vk / c2) + eps) + wd * p[k])
 
 
+@njit(parallel=True, cache=True)
+def _adamw_par(p, g, m, v, b1, omb1, b2, omb2, c1, c2, eps, lr, wd, P):
+    n = p.size
+    for k in prange(P):                                  # parts of the flat parameter, as 1-D views
+        lo, hi = k * n // P, (k + 1) * n // P
+        _adamw(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], b1, omb1, b2, omb2, c1, c2, eps, lr, wd)
+
+
 def adamw_update(p, g, m, v, lr, b1, b2, c1, c2, eps, wd) -> None:
     """One AdamW step of one parameter, in place, in one pass (the same float ops as optim.AdamW.step).
 
@@ -582,5 +748,9 @@ def adamw_update(p, g, m, v, lr, b1, b2, c1, c2, eps, wd) -> None:
     Shapes: p, g, m, v: any one shape, C-contiguous, one dtype.
     """
     ft = p.dtype.type
-    _adamw(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1), ft(b1), ft(1 - b1),
-           ft(b2), ft(1 - b2), ft(c1), ft(c2), ft(eps), ft(lr), ft(wd))
+    args = (p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1), ft(b1), ft(1 - b1),
+            ft(b2), ft(1 - b2), ft(c1), ft(c2), ft(eps), ft(lr), ft(wd))
+    if p.size < SERIAL_BELOW:                            # a gain vector: a thread launch costs more than the work
+        _adamw(*args)
+    else:
+        _adamw_par(*args, _parts())
