@@ -6,8 +6,8 @@
 One training step = ``model.loss_and_grads(batch, batch)`` + ``clip_grads`` + ``AdamW.step`` on random tokens,
 as ``minimmf train`` runs it (with the process set up as ``minimmf train`` sets it up, where the code has such a
 setup). Every (code, threads) cell of a shape runs in its own worker process, started from the root of its code:
-this tree, and the files of commit ``--against`` (``git archive``; default: none, this tree alone) in a
-temporary directory, so each imports its own ``minimmf``. The workers take turns, round after round: each turn runs steps for about
+this tree, and the files of commit ``--against`` (``git archive``, kept in the system's temporary directory
+for the next run; default: none, this tree alone), so each imports its own ``minimmf``. The workers take turns, round after round: each turn runs steps for about
 ``--turn`` seconds and reports their median; a change in the machine's load hits every cell alike. Each number
 printed is the median over the rounds.
 
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -113,16 +112,16 @@ class Worker:
 
 
 def old_tree(commit: str) -> Path:
-    """The files of ``commit`` (``git archive``) in a temporary directory; ``remove_tree`` deletes it."""
-    path = Path(tempfile.mkdtemp(prefix="minimmf-bench-")) / commit
-    path.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
+    """The files of ``commit`` (``git archive``) in a directory under the system's temporary directory, extracted
+    once and kept, so that its Numba cache (``.numba_cache`` there) survives from one benchmark run to the next."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", commit], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    path = Path(tempfile.gettempdir()) / f"minimmf-bench-{sha}"
+    if not (path / "minimmf" / "__init__.py").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
     return path
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def bench_shape(name: str, codes: dict, threads_list, rounds: int, turn: float) -> dict:
@@ -195,14 +194,10 @@ def main(argv=None):
     threads_list = [int(t) for t in args.threads.split(",")]
     old = old_tree(args.against) if args.against else None
     codes = ({f"old {args.against}": old} if old else {}) | {"this tree": ROOT}
-    try:
-        results = {"env": header(codes), "shapes": {}}
-        t0 = time.perf_counter()
-        for name in args.shapes.split(","):
-            results["shapes"][name] = bench_shape(name, codes, threads_list, args.rounds, args.turn)
-    finally:
-        if old:
-            remove_tree(old)
+    results = {"env": header(codes), "shapes": {}}
+    t0 = time.perf_counter()
+    for name in args.shapes.split(","):
+        results["shapes"][name] = bench_shape(name, codes, threads_list, args.rounds, args.turn)
     results["env"]["load_average_at_end"] = os.getloadavg()[0]
     results["env"]["wall_s"] = time.perf_counter() - t0
     print(f"\nload average at start {results['env']['load_average_at_start']:.2f}, at end "
