@@ -250,3 +250,61 @@ def test_model_loss_and_grads_are_the_same_on_both_paths(dtype):
     assert loss1 == pytest.approx(loss0, rel=1e-6)
     for (path, a), (_, b) in zip(minimmf.tree.leaves(g1), minimmf.tree.leaves(g0)):
         np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+# ----------------------------------------------------------------------------- threads and the e^-|x| memo
+
+def test_every_kernel_gives_the_same_bits_on_one_and_on_two_threads():
+    """Rows are split over threads, column sums over columns: the thread count never changes a bit."""
+    from minimmf.threads import max_threads, set_threads
+    N, C, I, V = 37, 24, 40, 29
+    x, dy, zf, zi, df, di = (_arrays(s, (N, C), np.float32) for s in range(6))
+    y = _arrays(6, (N, 2 * I), np.float32)
+    da = _arrays(7, (N, I), np.float32)
+    w, lb = _arrays(8, (C,), np.float32), np.abs(_arrays(9, (C,), np.float32, 0.3))
+    ids = np.random.default_rng(10).integers(0, V, N)
+    target = np.where(np.arange(N) % 5 == 0, -100, ids)
+    p, g = _arrays(11, (300, 100), np.float32), _arrays(12, (300, 100), np.float32)
+
+    def run():
+        _, rstd = fused.rmsnorm_forward(x, w, 1e-6)
+        sf, f, i = fused.mlgru_gates_forward(zf, zi, lb)
+        probs, nll = fused.cross_entropy_forward(_arrays(13, (N, V), np.float32), target)
+        pp, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
+        fused.adamw_update(pp, g, m, v, 1e-2, 0.9, 0.95, 0.1, 0.05, 1e-8, 0.01)
+        return [*fused.rmsnorm_forward(x, w, 1e-6), *fused.rmsnorm_backward(dy, x, rstd, w),
+                *fused.bitlinear_front(x, w, 1e-6, 127, 1e-5), *fused.weight_quant(p, 1e-5)[:2], sf, f, i,
+                *fused.mlgru_gates_backward(df, di, f, sf, zi, lb), *fused.mlgru_output_forward(zf, zi)[None],
+                *fused.mlgru_output_backward(dy, zf, zi), fused.glu_act_forward(y[:, :I], y[:, I:]),
+                fused.glu_act_backward(da, y[:, :I], y[:, I:]), probs, nll,
+                fused.cross_entropy_backward(probs, target, N), fused.embedding_backward(ids, dy, V), pp, m, v]
+
+    before = max_threads()
+    try:
+        set_threads(1)
+        one = run()
+        set_threads(2)
+        two = run()
+    finally:
+        set_threads(before)
+    assert len(one) == len(two)
+    for k, (a, b) in enumerate(zip(one, two)):
+        np.testing.assert_array_equal(a, b, err_msg=f"result {k}")
+
+
+def test_exp_of_an_activation_is_computed_once_and_forgotten_with_it():
+    """A second call on the same memory returns the first call's e (the backward reuses the forward's); a third
+    computes it again; the kept e goes when the activation is freed."""
+    y = _arrays(0, (6, 8), np.float32)
+    view = y[:, :4]
+    e1 = fused._exp_neg_abs(view)
+    np.testing.assert_array_equal(e1, np.exp(-np.abs(view)))
+    assert fused._exp_neg_abs(y[:, :4]) is e1                       # the same memory through another view
+    e3 = fused._exp_neg_abs(view)
+    assert e3 is not e1
+    np.testing.assert_array_equal(e3, e1)
+    assert fused._exp_neg_abs(y[:, 4:]) is not e3                   # other memory of the same array
+    key = id(y)
+    assert key in fused._EXP_MEMO
+    del y, view
+    assert key not in fused._EXP_MEMO
