@@ -48,6 +48,7 @@ from numba import njit, prange
 
 PW_BLOCK = 128  # NumPy's PW_BLOCKSIZE: rows up to this length are summed with 8 accumulators, longer ones split
 SERIAL_BELOW = 1 << 14  # AdamW: parameters smaller than this are updated on one thread (norm gains, lower bounds)
+EXP_SPLIT_ABOVE = 1 << 16  # e^x of arrays this large is split over two threads (a hand-over costs ~20 us)
 
 
 def fusable(*arrays) -> bool:
@@ -76,7 +77,7 @@ def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
         return memo[1].pop(where)                    # its one reuse: the backward of the forward that made it
     e = np.abs(x)
     np.negative(e, out=e)
-    np.exp(e, out=e)
+    exp_inplace(e)
     if memo is None or memo[0]() is not root:
         memo = (weakref.ref(root, lambda _, key=id(root): _EXP_MEMO.pop(key, None)), {})
         _EXP_MEMO[id(root)] = memo
@@ -84,6 +85,28 @@ def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
     return e
 
 
+def exp_inplace(a: np.ndarray) -> np.ndarray:
+    """a = e^a with NumPy's exp, in place; a large C-contiguous array is split in two halves, one exponentiated by a
+    helper thread (NumPy lets go of the GIL inside the loop), when two or more Numba threads are set."""
+    if a.size < EXP_SPLIT_ABOVE or _parts() < 2 or not a.flags.c_contiguous:
+        return np.exp(a, out=a)
+    flat = a.reshape(-1)
+    half = flat.size // 2
+    done = _exp_helper().submit(np.exp, flat[half:], out=flat[half:])
+    np.exp(flat[:half], out=flat[:half])
+    done.result()
+    return a
+
+
+def _exp_helper():
+    global _EXP_POOL
+    if _EXP_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _EXP_POOL = ThreadPoolExecutor(1, thread_name_prefix="minimmf-exp")
+    return _EXP_POOL
+
+
+_EXP_POOL = None
 _EXP_MEMO: dict = {}   # id(activation's root array) -> (weak reference to it, {(address, shape, strides, dtype): e})
 
 
@@ -652,7 +675,7 @@ def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
     p = np.empty_like(x)
     zt = np.empty(x.shape[0], x.dtype)
     _ce_shift_par(x, np.max(x, axis=1), p, zt, target, _parts())    # p = z = logits - max (NumPy's max: it vectorises)
-    np.exp(p, out=p)                                     # NumPy's exp, the reference's bits
+    exp_inplace(p)                                       # NumPy's exp, the reference's bits
     nll = np.empty(x.shape[0], x.dtype)
     _ce_normalize_par(zt, target, x.dtype.type(0), p, nll, _parts())
     return p, nll
