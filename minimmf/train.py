@@ -199,12 +199,12 @@ def train(cfg: TrainConfig, out, data=None, resume: bool = False, progress: bool
                 "train_config": dataclasses.asdict(cfg), "data_sha256": _fingerprint(corpus.text),
                 "data_source": corpus.source}
 
+    from .fast.memory import prepare_process
+    prepare_process()                                          # keep freed memory for the next step
     threads = _choose_threads(cfg, state, model, split, tokenizer)
     if cfg.budget_minutes is not None and not resume:          # fix the step count that fills the budget
         from .recipes import size_to_budget
         cfg = size_to_budget(cfg, model, split, log)
-    from .fast.memory import prepare_process
-    prepare_process()                                          # keep freed memory for the next step
     bar = None
     if progress:
         from tqdm import tqdm
