@@ -144,7 +144,8 @@ def main(argv=None):
         c = r["config"]
         ref = NANOGPT.get(int(r["minutes"])) if float(r["minutes"]).is_integer() else None
         ref_s = f"{ref[1]:.3f} after {ref[0]} s" if ref else "-"
-        verdict = "" if not ref else (" (below)" if r["val_whole_split"] < ref[1] else " (not below)")
+        verdict = "" if not ref else (" (not below)" if r["val_whole_split"] >= ref[1] else
+                                      " (below)" if r["train_seconds"] <= ref[0] else " (below, but in more time)")
         print(f"| {r['minutes']:g} min | {r['train_seconds']:.0f} s | {r['command_seconds']:.0f} s | {r['steps']:,} | "
               f"{r['tokens']:,} | {r['threads']} | ({c['hidden_size']}, {c['num_hidden_layers']}, "
               f"{c['intermediate_size']}), {c['batch_size']} x {c['seq_len']}, {c['lr']:g} | "
