@@ -289,3 +289,34 @@ def simulate_stream_cycles(n_bytes: int, start: int, p: StreamParams) -> tuple[i
                 n_out += 1
                 requested += r
         t += 1
+
+
+def stream_requests(n_bytes: int, start: int, p: StreamParams) -> list[tuple[int, int, int]]:
+    """Every request of the stream, one cycle at a time (as ``simulate_stream_cycles``):
+    (cycle issued, cycle its last beat is usable, bytes). For waveforms; ``simulate_stream`` is the fast path."""
+    W = WEIGHTS_PER_BYTE
+    total, R = n_bytes * W, p.request_bytes
+    cap = None if p.fifo_bytes is None else p.fifo_bytes * W
+    t, fifo, consumed, requested = start, 0, 0, 0
+    inflight, inflight_w, n_out, bus_next = deque(), 0, 0, 0
+    out = []
+    while True:
+        while inflight and inflight[0][0] == t:
+            _, w, last = inflight.popleft()
+            fifo += w
+            inflight_w -= w
+            n_out -= last
+        pop = fifo if p.rate is None else min(fifo, p.rate)
+        fifo -= pop
+        consumed += pop
+        if consumed == total:
+            return out
+        if n_out < p.outstanding and requested < n_bytes:
+            r = min(R, n_bytes - requested)
+            if cap is None or fifo + inflight_w + r * W <= cap:
+                w, bus_next = _issue(t, r, p, inflight, bus_next)
+                out.append((t, inflight[-1][0], r))
+                inflight_w += w
+                n_out += 1
+                requested += r
+        t += 1
