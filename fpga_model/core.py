@@ -59,7 +59,7 @@ from .config import CoreConfig, ceil_div
 from .formats import get_format
 from .functional import MachineState, execute_memory, execute_simple, finish_tmatmul, tile_bytes
 from .isa import TM_ACC, UNITS, Instruction, decode
-from .memory import DDR, SimError, StreamParams, WEIGHTS_PER_BYTE, find_region, simulate_stream
+from .memory import DDR, SimError, StreamParams, WEIGHTS_PER_BYTE, find_region, stream
 from .packing import unpack_codes
 
 DRAIN = "drain"                     # every instruction issued, units still busy
@@ -348,7 +348,7 @@ class Core:
             r = self._region(ins.addr)
             lanes = 1 if (n == "lds" or (r is not None and r.cls == "params")) else cfg.lanes
             f.nbytes = size * lanes
-            f.stream = simulate_stream(f.nbytes, start, self._read if n in ("ldv", "lds") else self._write)
+            f.stream = stream(f.nbytes, start, self._read if n in ("ldv", "lds") else self._write)
             f.end = f.stream.end
             self._traffic(ins, f.nbytes)
         elif u == "tmatmul":
@@ -356,7 +356,7 @@ class Core:
             self._check_addr(ins, nb)
             f.nbytes = nb
             # the unit enters WORKING in c + 2, its weight reader leaves IDLE then and requests in c + 3
-            f.stream = simulate_stream(nb, start + 2, self._weights)
+            f.stream = stream(nb, start + 2, self._weights)
             f.copy_start = f.stream.end + 1
             f.end = f.stream.end + (0 if ins.ls & 2 else ceil_div(D, cfg.rowwise_lanes))
             self._traffic(ins, nb)
