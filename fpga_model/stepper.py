@@ -38,7 +38,7 @@ class Stepper(cmd.Cmd):
             self.use_rawinput = False
         self.core, self.echo, self.max_lines = core, echo, max_lines
         self.breaks: list[tuple[str, object]] = []
-        self._stopped_at = None          # the cycle the last stop happened in (a breakpoint fires once there)
+        self._stopped_at = None          # (cycle, pc) of the last stop: a breakpoint fires once there
         self.watches: dict[tuple, np.ndarray | float] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -102,10 +102,13 @@ class Stepper(cmd.Cmd):
         """A breakpoint that holds before the next event (never twice in the same cycle)."""
         core = self.core
         c, pc = core.cycle, core.pc
-        if c == self._stopped_at or core.done:
+        if core.done:
             return None
+        same_cycle, same_pc = self._stopped_at == (c, pc), self._stopped_at is not None and self._stopped_at[1] == pc
         nxt = core.program[pc] if pc < len(core.program) else None
         for kind, val in self.breaks:
+            if (same_pc and kind in ("pc", "tag")) or (same_cycle and kind in ("cycle", "stall")):
+                continue
             if kind == "pc" and pc == val:
                 return f"breakpoint: pc {pc} ({nxt.text()}) is next, cycle {c:,}"
             if kind == "tag" and nxt is not None and val in nxt.tag:
@@ -140,7 +143,7 @@ class Stepper(cmd.Cmd):
             if why:
                 self._show(lines)
                 self.say(why)
-                self._stopped_at = self.core.cycle
+                self._stopped_at = (self.core.cycle, self.core.pc)
                 return
             if self.core.done:
                 self._show(lines)
@@ -155,7 +158,7 @@ class Stepper(cmd.Cmd):
                 self._show(lines)
                 if hit:
                     self.say(f"{hit} (cycle {self.core.cycle - 1:,})")
-                self._stopped_at = self.core.cycle
+                self._stopped_at = (self.core.cycle, self.core.pc)
                 return
 
     # ------------------------------------------------------------------ commands
