@@ -71,9 +71,9 @@ def test_an_internal_error_exits_1_with_a_hint_to_report_it(monkeypatch, capsys)
 
 def test_the_stepper_is_driven_by_piped_commands():
     """Breakpoints on a tag and a stall cause, stepping, registers, a watch, bad commands answered, quit."""
-    script = "\n".join(["where", "break tag f_proj", "continue", "units", "stepi 2", "watch v1", "continue",
-                        "regs 2", "delete 1", "break stall memory", "break stall register in use", "continue", "cycle 3",
-                        "mem 0 4", "cycle x", "frobnicate", "delete", "unwatch", "continue", "quit"]) + "\n"
+    script = "\n".join(["where", "break tag f_proj", "continue", "units", "stepi 2", "regs 2", "delete 1",
+                        "break stall memory", "break stall register in use", "continue", "cycle 3", "mem 0 4",
+                        "cycle x", "frobnicate", "delete", "watch v1", "continue", "unwatch", "continue", "quit"]) + "\n"
     p = cli("step", "--model", "golden", "--format", "q4.3", "--D", "16", "--latency", "1", stdin=script)
     out = p.stdout
     assert p.returncode == 0, p.stderr
