@@ -173,17 +173,15 @@ def _token(args) -> int:
 def cmd_step(args) -> int:
     _, sim = _sim(args)
     core = _core(args, sim, _token(args))
-    if not args.batch:
+    if not (args.batch or args.instructions or args.mem):
         from .stepper import Stepper
-        if args.mem:
-            raise UsageError("argument --mem: only with --batch (in the stepper: mem ADDR N)")
         interactive = sys.stdin.isatty()
         s = Stepper(core, stdin=None if interactive else sys.stdin, echo=not interactive, max_lines=args.lines)
         if not interactive:
             s.prompt = "(fpga) "
         s.cmdloop()
         return 0
-    for _ in range(args.instructions):
+    for _ in range(args.instructions or 5):
         lines = core.step_instruction()
         if len(lines) > 2 * args.lines:
             lines = lines[:args.lines] + [f"  ... {len(lines) - 2 * args.lines} cycles ..."] + lines[-args.lines:]
@@ -283,9 +281,10 @@ def build_parser() -> Parser:
     sp = sub.add_parser("step", help="step one token: an interactive stepper ('help' inside), or --batch")
     model_args(sp)
     sp.add_argument("--batch", action="store_true", help="print --instructions instructions and exit")
-    sp.add_argument("--instructions", type=positive_int, default=5)
+    sp.add_argument("--instructions", type=positive_int, default=None,
+                    help="with --batch (implied): instructions to print (default 5)")
     sp.add_argument("--lines", type=positive_int, default=3, help="trace lines shown at each end of a long stall")
-    sp.add_argument("--mem", type=mem_range, default=None, help="with --batch: also print DDR bytes ADDR:N")
+    sp.add_argument("--mem", type=mem_range, default=None, help="with --batch (implied): also print DDR bytes ADDR:N")
     sp.set_defaults(fn=cmd_step)
     sp = sub.add_parser("trace", help="one line per cycle, or --vcd FILE")
     model_args(sp)

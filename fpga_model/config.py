@@ -7,6 +7,8 @@ authors' notes on ``sifferman/ternip`` (see ../shared/FPGA.md: those numbers are
 
 Where a number comes from is said next to it: *quoted* (paper or FPGA.md), *derived* (from quoted numbers),
 or *assumed* (a modelling choice of this simulator).
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

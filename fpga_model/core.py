@@ -47,6 +47,8 @@ its weights in the order they leave the FIFO; ``Core.unit_status`` shows the par
 
 ``run()`` jumps from event to event (an issue or a retirement) and is fast; ``step_cycle()`` goes one
 cycle at a time and returns that cycle's trace line. Both give identical results and statistics.
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ The instruction memory has 29 entries (``NumInstructions``); shorter programs ar
 ``compare`` (the diff) and ``RTLTrace`` (a recorded run) need neither Verilator nor the RTL: the test suite
 checks the core against traces recorded this way (``tests/fixtures/fpga_rtl_traces.json``, written by
 ``cosim --record``).
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ Each figure is ``{"value", "unit", "config", "kind", "how"}`` where kind is
 - ``derived``: arithmetic on simulated or quoted numbers (the formula is in ``how``);
 - ``quoted``: from the paper (arXiv 2406.02528) or, for the successor, a claim from the authors' notes
   on ``sifferman/ternip`` (see ../shared/FPGA.md).
+
+Taught in chapter 13 (``chapters/13-fpga-where-the-cycles-go.md``).
 """
 from __future__ import annotations
 

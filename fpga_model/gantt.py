@@ -1,4 +1,7 @@
-"""Unit occupancy over time: one row per functional unit, one bar per instruction (matplotlib)."""
+"""Unit occupancy over time: one row per functional unit, one bar per instruction (matplotlib).
+
+Taught in chapter 13 (``chapters/13-fpga-where-the-cycles-go.md``).
+"""
 from __future__ import annotations
 
 from .isa import UNITS

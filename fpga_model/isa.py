@@ -33,6 +33,8 @@ Extensions (not in the 2024 RTL; ``EXTENSIONS`` lists them): 8 scalar registers 
     quant vY, vA, sB         per-token absmax int8 codes of vA with scale sB        (fu 5, op 0)
     smul sY, sA, sB          scalar multiply                                        (fu 6, op 0)
     qscale sY, sA            sY = 127 / max(sA, 1e-5), the absmax scale             (fu 6, op 1)
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

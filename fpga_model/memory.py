@@ -20,6 +20,8 @@ Two things live here:
    issued, the FIFO runs dry) and, once the pipeline reaches a steady state (the same FIFO level and the
    same requests in flight, relative to now, at two request issues), by skipping whole periods at once.
    ``tests/test_fpga_memory.py`` proves the two equal for every cycle.
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

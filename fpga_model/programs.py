@@ -11,6 +11,8 @@ projections: 7 ldv, 3 sv, 3 tmatmul, 3 norm, 6 mul, 4 add, 1 div, 1 exp, 1 sig (
   as 0; here each operand has its own region (timing does not depend on the addresses).
 - ``RWKV_2024``: an earlier reconstruction with the same instruction mix and dependency shape, kept for
   comparison (on the corrected core it is within 0.1 % of ``PAPER_2024`` at D = 512, L = 12).
+
+Taught in chapter 13 (``chapters/13-fpga-where-the-cycles-go.md``).
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ Every number carries its provenance:
 
 On-chip memory counts every RAM of the core in bits and in Stratix 10 M20K blocks (20 Kbit; the block is
 used as 512 x 40, 1K x 20 or 2K x 10, whichever needs fewest blocks).
+
+Taught in chapter 13 (``chapters/13-fpga-where-the-cycles-go.md``).
 """
 from __future__ import annotations
 

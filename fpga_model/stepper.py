@@ -10,6 +10,8 @@
 
 Piped input drives it the same way (``printf 'stepi 2\\nregs\\nquit\\n' | python -m fpga_model step``):
 commands are echoed after the prompt so that a transcript reads like a terminal session.
+
+Taught in chapter 12 (``chapters/12-fpga-compiling-and-stepping.md``).
 """
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ every signal changes on the rising edge that starts its cycle. Signals, in scope
 Everything is computed from the core's own records (``Stats.records``, ``Stats.stall_spans``) and the
 memory-stream rules of ``memory.py``; ``tests/test_fpga_waves.py`` reads the file back and checks it
 against them.
+
+Taught in chapter 12 (``chapters/12-fpga-compiling-and-stepping.md``).
 """
 from __future__ import annotations
 
