@@ -154,7 +154,7 @@ ASM_WORDS = ["ldv", "sv", "add", "mul", "exp", "norm", "tmatmul", "silu", "sqacc
              "v8", "s1", "s9", "0x10", "-1", "acc", "hold", "99999999999999999999", ",", ";", "#", " "]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=max(4 * settings().max_examples, 40))     # 100 by default; the "thorough" profile: 1200
 @given(st.lists(st.one_of(st.sampled_from(ASM_WORDS), st.text(max_size=6)), max_size=12), st.integers(1, 4))
 def test_any_text_assembles_or_raises_the_assembly_error_naming_the_line(words, lines):
     """Any text: a program, or ISAError starting 'line N:' — never another exception type."""
