@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -333,6 +334,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fpga_model: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                                      # the reader went away (e.g. `| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:                                       # noqa: BLE001 - the CLI's last resort
         if debug:
             traceback.print_exc()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .isa import FU_LOADSTORE, FU_ROWWISE, FU_TMATMUL, Instruction, assemble, disassemble, encode
+from .isa import Instruction, assemble, disassemble, encode
 
 NUM_INSTRUCTIONS = 29          # the design's instruction memory (config_pkg.sv, NumInstructions)
 RTL_ADDR_BITS = 16             # the design's DDR address (config_pkg.sv, DdrAddressWidth)
