@@ -84,7 +84,7 @@ def _figures_2024_and_370m() -> dict:
     F["mlgru_glu_block_d512_tmatmul_share"] = fig(s.unit_busy["tmatmul"] / s.cycles, "fraction", "rtl2024",
                                                   "simulated", "tmatmul busy cycles / all cycles")
 
-    # -- 3. the 370M model per token, rtl2024 (D = 1024, like the RTL's config_pkg) and scaled
+    # -- 3. the 370M model per token, rtl2024 (D = 1024, like the 2024 board build; rtl/ sets 512) and scaled
     s, c = time_token(MODELS["370M"], "rtl2024", D=1024)
     rtl_370 = rtl.clock_hz / s.cycles
     F["370M_rtl2024_s_per_token"] = fig(s.cycles / rtl.clock_hz, "s", "rtl2024, D = 1024, LM head on core",
