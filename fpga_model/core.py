@@ -60,7 +60,7 @@ import numpy as np
 from .config import CoreConfig, ceil_div
 from .formats import get_format
 from .functional import MachineState, execute_memory, execute_simple, finish_tmatmul, tile_bytes
-from .isa import TM_ACC, UNITS, Instruction, decode
+from .isa import ADDR_MASK, TM_ACC, UNITS, Instruction, decode
 from .memory import DDR, SimError, StreamParams, WEIGHTS_PER_BYTE, find_region, stream
 from .packing import unpack_codes
 
@@ -125,7 +125,12 @@ class Core:
     """One core running one program.
 
     ``state`` (a functional.MachineState) holds the data; without it the core runs timing only (then give
-    ``ddr_size`` and ``regions`` so addresses can still be checked and traffic classified).
+    ``ddr_size`` and ``regions`` so addresses can still be checked and traffic classified; without them any
+    47-bit address is accepted).
+
+    ``run().cycles`` is start -> ready as the RTL counts it. The 2024 instruction memory always holds 29
+    entries (no-ops after a shorter program), so to compare a shorter program's ``cycles`` with the RTL, run
+    ``cosim.pad(program)``; the issue and end cycles of its instructions are the same either way.
     """
 
     def __init__(self, config: CoreConfig, program, state: MachineState | None = None,
@@ -152,7 +157,7 @@ class Core:
                 raise SimError(f"machine state is in {state.fmt.name}, core asked for {self.fmt.name}")
             ddr_size, regions = state.ddr.size, state.ddr.regions
         if ddr_size is None:
-            raise SimError("a timing-only core needs ddr_size")
+            ddr_size = ADDR_MASK + 1        # timing only, no regions: any address the word can hold
         self.ddr_size = ddr_size
         self.regions = sorted(regions, key=lambda r: r.start)
         self._starts = [r.start for r in self.regions]

@@ -307,8 +307,8 @@ def assemble_one(line: str, tag: str = "") -> Instruction:
     line = re.split(r"[;#]", line, maxsplit=1)[0].strip()
     if not line:
         raise ISAError("empty line")
-    name, _, rest = line.partition(" ")
-    name = name.lower()
+    name, *rest = line.split(None, 1)              # any whitespace after the mnemonic (spaces or tabs)
+    name, rest = name.lower(), rest[0] if rest else ""
     if name not in OPS:
         raise ISAError(f"unknown instruction {name!r} in {src!r}; known: {', '.join(OPS)}")
     toks = [t.strip() for t in rest.split(",")] if rest.strip() else []
