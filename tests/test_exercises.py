@@ -95,14 +95,11 @@ def test_ch1_laplace_weights_are_39_percent_zero():
 
 # ----------------------------------------------------------------------------- chapter 2
 
-def test_ch2_eps_1e8_reproduces_the_nonfused_logits(golden):
-    """Exercise 2.2: BITLINEAR_EPS = 1e-8 moves the logits 0.104 from the released (fused) ones, to the non-fused."""
+def test_ch2_eps_1e5_moves_the_golden_logits_by_0_393(golden):
+    """Exercise 2.2: BITLINEAR_EPS = 1e-5 moves the golden logits by up to 0.393 from the released ones."""
     z, m = golden
-    with replaced((bitlinear, "BITLINEAR_EPS", 1e-8)):
-        logits = m.forward(z["input_ids"])
-        assert np.abs(logits - z["logits"]).max() == pytest.approx(0.1037, abs=2e-4)
-        assert np.abs(logits - z["nonfused/logits"]).max() < 1e-5
-        assert loss_of(z, m) == pytest.approx(6.0086, abs=1e-4)
+    with replaced((bitlinear, "BITLINEAR_EPS", 1e-5)):
+        assert np.abs(m.forward(z["input_ids"]) - z["logits"]).max() == pytest.approx(0.393, abs=1e-3)
 
 
 def test_ch2_an_absmax_ternary_scale_zeroes_almost_every_weight(golden):
@@ -134,7 +131,7 @@ def test_ch3_rmsnorm_backward_without_its_projection_term_fails_the_gradient_che
         num.flat[k] = (np.sum(functional.rmsnorm_forward(x + e, w)[0] * R)
                        - np.sum(functional.rmsnorm_forward(x - e, w)[0] * R)) / (2 * h)
     err = np.max(np.abs(dx - num) / np.maximum(np.abs(dx) + np.abs(num), 1e-12))
-    assert err > 0.1
+    assert err > 0.99                                                   # an entry of the wrong sign
     assert np.allclose(functional.rmsnorm_backward(R, cache)[0], num, atol=1e-8)
 
 
