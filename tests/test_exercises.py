@@ -227,13 +227,22 @@ def test_ch10_the_packed_golden_model_gives_the_float_logits_bit_for_bit(golden)
 # ----------------------------------------------------------------------------- chapter 14
 
 def test_ch14_lower_bounds_cost_1344_multiplications_per_token_at_H192_L4():
-    """Exercise 14.2: at H192-L4, turning the lower bounds off removes 1,344 of 57,919 multiplications per token."""
+    """Exercise 14.2: at H192-L4 (I 384, V 65), the lower bounds cost 1,344 of 52,799 multiplications per token."""
     from minimmf import opcount
     from minimmf.config import MMfreeConfig
 
     def mults(lb):
-        c = MMfreeConfig(vocab_size=65, hidden_size=192, num_hidden_layers=4, intermediate_size=512,
+        c = MMfreeConfig(vocab_size=65, hidden_size=192, num_hidden_layers=4, intermediate_size=384,
                          use_lower_bound=lb)
         return opcount.totals(opcount.mmfree_ops(c))["mults"]
 
-    assert mults(True) == 57_919 and mults(True) - mults(False) == 1_344
+    assert mults(True) == 52_799 and mults(True) - mults(False) == 1_344
+
+
+def test_ch14_attention_multiplications_grow_with_the_context():
+    """Exercise 14.1: Transformer++ H64-L2 needs 125,458 multiplications per token at context 128, 383,506 at 1024."""
+    from minimmf import opcount
+    from minimmf.baseline import TransformerConfig
+
+    t = TransformerConfig(vocab_size=65, hidden_size=64, num_hidden_layers=2, intermediate_size=128)
+    assert [opcount.totals(opcount.transformer_ops(t, n))["mults"] for n in (128, 1024)] == [125_458, 383_506]
