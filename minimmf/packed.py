@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import validate
 from .bitlinear import PackedBitLinear, pack_bitlinear
 from .config import MMfreeConfig
 from .kernels import decode
@@ -204,6 +205,7 @@ class PackedMMfreeLM(MMfreeLM):
             return super().prefill(input_ids, state)
 
     def step(self, token_ids, state):
+        validate.finite_tree(self.params)                     # a parameter changed to NaN is named
         with _numba_threads(self.num_threads):
             if decode.applies(self, token_ids):               # one sequence: the fused decode kernels,
                 return decode.step(self, token_ids, state)    # the same numbers (kernels/decode.py)
