@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .architectures import architecture_of
 from .checkpoint import load_checkpoint
 from .quant import weight_quant
 from .tree import leaves
@@ -30,7 +31,7 @@ def describe(path) -> str:
     t = ck.trainer
     training = (f"training: step {t.get('step')}, {t.get('tokens', 0):,} tokens, {t.get('seconds', 0):.0f} s, "
                 f"data {t.get('data_source')}" if t else "training: no trainer state (a released checkpoint?)")
-    if getattr(m, "architecture", "mmfree") == "transformer++":
+    if not architecture_of(m).ternary:
         fields = ", ".join(f"{k}={v}" for k, v in vars(c).items()) if hasattr(c, "__dict__") else str(c)
         return "\n".join([f"checkpoint: {ck.path}", f"model: Transformer++ baseline ({fields})",
                           f"parameters: {m.num_params():,} (all float32)",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .architectures import architecture_of_config
 from .checkpoint import CheckpointError, checkpoint_dir, _verify_manifest
 from .config import ConfigError, MMfreeConfig
 from .fileio import install_directory
@@ -263,7 +264,7 @@ def load_pretrained(path, packed: bool = False):
     has a tokenizer.json, is ``model.tokenizer`` (else None).
     """
     pre = read_pretrained(path)
-    if pre.config.get("architecture") == "transformer++":    # the baseline (minimmf/baseline): float only
+    if not architecture_of_config(pre.config).ternary:        # the baseline (minimmf/baseline): float only
         from .checkpoint import load_checkpoint
         model = load_checkpoint(pre.path, with_optimizer=False).model
         model.tokenizer = pre.tokenizer
