@@ -48,10 +48,10 @@ def test_export_writes_a_released_directory_that_generate_reads(tmp_path, corpus
     (["train", "--data", "/nonexistent/corpus.txt", "--steps", "1"], "nonexistent"),
 ])
 def test_mistakes_give_a_one_line_error_not_a_traceback(argv, message, capsys):
-    """A missing checkpoint or corpus exits with status 1 and an `error:` line naming it."""
-    assert main(argv) == 1
+    """A missing checkpoint or corpus exits with status 2 and one `minimmf: error:` line naming it."""
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert err.startswith("minimmf: error:") and message in err and err.count("\n") == 1
 
 
 def test_bad_option_values_are_usage_errors(capsys):
