@@ -35,7 +35,7 @@ from safetensors.numpy import load_file, save_file
 
 from . import validate
 from .architectures import architecture_of, architecture_of_config
-from .fileio import install_directory
+from .fileio import install_directory, recover_directory
 from .model import MMfreeLM
 from .optim import AdamW
 from .tree import leaves, paths, tree_map
@@ -73,13 +73,7 @@ def _aside_dirs(run_dir: Path) -> list[Path]:
 
 def _recover(run_dir: Path) -> None:
     """If a save was interrupted between its two renames, put the previous checkpoint back."""
-    target = run_dir / CHECKPOINT_DIRNAME
-    aside = _aside_dirs(run_dir)
-    if not target.exists() and aside:
-        os.replace(aside[-1], target)
-        aside = aside[:-1]
-    for old in aside:
-        shutil.rmtree(old, ignore_errors=True)
+    recover_directory(run_dir / CHECKPOINT_DIRNAME, _ASIDE_PREFIX)
 
 
 def _sha256(path: Path) -> str:
