@@ -234,3 +234,19 @@ def test_save_checkpoint_refuses_a_non_finite_model(tmp_path):
     with pytest.raises(CheckpointError, match="not saved.*lower_bounds"):
         save_checkpoint(tmp_path, m)
     assert np.isfinite(load_checkpoint(tmp_path).model.params["lower_bounds"]).all()
+
+
+def test_a_run_is_not_resumed_with_fewer_threads_than_it_was_trained_with(tmp_path):
+    """Fewer threads would silently change the run's bits (BLAS blocking), so resume refuses and says why."""
+    from minimmf.threads import max_threads
+    from minimmf.train import _choose_threads
+    with pytest.raises(ValueError, match=rf"trained with {max_threads() + 1} threads, but only {max_threads()}"):
+        _choose_threads(SMALL, {"threads": max_threads() + 1}, None, None, tmp_path)
+
+
+def test_resume_takes_every_setting_and_the_corpus_from_the_checkpoint(tmp_path, corpus):
+    """The checkpoint records the whole TrainConfig, the corpus path and sha256 and the thread count."""
+    train(replace(SMALL, steps=4), tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    t = load_checkpoint(tmp_path).trainer
+    assert TrainConfig(**{**t["train_config"], "betas": tuple(t["train_config"]["betas"])}) == replace(SMALL, steps=4)
+    assert t["data_path"] == str(corpus.resolve()) and len(t["data_sha256"]) == 64 and t["threads"] == 1
