@@ -332,6 +332,8 @@ def export_hf(src, out, dtype: str | None = None, max_shard_bytes: int | None = 
     state_dict = to_reference(model)                              # released key order
     out = Path(out)
     recover_directory(out, f".{out.name}.old-")                  # a previous export killed between renames
+    if out.resolve() in (pre.path.resolve(), *pre.path.resolve().parents):
+        raise CheckpointError(f"--out {out} is the directory being exported (or holds it); choose another")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; choose another output directory or pass overwrite=True "
                               f"(--overwrite)")

@@ -460,6 +460,9 @@ def _choose_threads(cfg, state, model, split, out) -> int:
                                 f"last bits of every product depend on the count. Resume it on a machine "
                                 f"with {n} or more cores")
         return set_threads(n)
+    if cfg.threads > max_threads():
+        raise TrainingError(f"--threads {cfg.threads}: only {max_threads()} threads are available here "
+                            f"(NUMBA_NUM_THREADS / CPU cores); pass at most {max_threads()}, or 'auto'")
     if cfg.threads > 0:
         return set_threads(cfg.threads)
     if cfg.threads == 0:

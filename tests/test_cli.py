@@ -127,3 +127,12 @@ def test_debug_shows_the_traceback_and_internal_errors_ask_for_a_report(capsys, 
     assert main(["info", "x"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("minimmf: internal error: ZeroDivisionError") and "report" in err
+
+
+def test_export_refuses_to_overwrite_its_own_source(tmp_path, corpus, capsys):
+    """`export --out RUN --overwrite` of RUN itself would destroy the run: refused."""
+    out = tmp_path / "run"
+    main(["train", "--data", str(corpus), "--out", str(out)] + COMMON)
+    assert main(["export", "--checkpoint", str(out), "--out", str(out), "--overwrite"]) == 2
+    assert "being exported" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").exists()

@@ -244,6 +244,13 @@ def test_a_run_is_not_resumed_with_fewer_threads_than_it_was_trained_with(tmp_pa
         _choose_threads(SMALL, {"threads": max_threads() + 1}, None, None, tmp_path)
 
 
+def test_more_threads_than_available_are_refused_not_clamped(tmp_path, corpus):
+    """--threads N beyond what is available would silently run with fewer: refused, naming the flag."""
+    from minimmf.threads import max_threads
+    with pytest.raises(ValueError, match=rf"--threads {max_threads() + 1}: only {max_threads()}"):
+        train(replace(SMALL, threads=max_threads() + 1), tmp_path, data=corpus, progress=False, log=lambda *a: None)
+
+
 def test_resume_takes_every_setting_and_the_corpus_from_the_checkpoint(tmp_path, corpus):
     """The checkpoint records the whole TrainConfig, the corpus path and sha256 and the thread count."""
     train(replace(SMALL, steps=4), tmp_path, data=corpus, progress=False, log=lambda *a: None)
