@@ -83,11 +83,10 @@ class LanguageModel:
 
         Repeated steps give the same logits as ``forward`` on the whole sequence.
         """
-        validate.finite_tree(self.params)                     # a parameter changed to NaN is named
         ids = validate.token_ids(token_ids, self.config.vocab_size, "token_ids", ndim=1)
         self._check_state(state, ids.shape[0])
         logits, _, new_state = self._model_forward(self._forward_params(), self.config, ids[:, None], state)
-        return logits[:, 0], new_state
+        return validate.finite_logits(self.params, logits[:, 0], new_state)   # NaN: names the parameter
 
     def _forward_params(self) -> dict:
         """The parameters the inference paths run on (a packed model substitutes its own)."""

@@ -205,10 +205,9 @@ class PackedMMfreeLM(MMfreeLM):
             return super().prefill(input_ids, state)
 
     def step(self, token_ids, state):
-        validate.finite_tree(self.params)                     # a parameter changed to NaN is named
         with _numba_threads(self.num_threads):
             if decode.applies(self, token_ids):               # one sequence: the fused decode kernels,
-                return decode.step(self, token_ids, state)    # the same numbers (kernels/decode.py)
+                return validate.finite_logits(self.params, *decode.step(self, token_ids, state))   # same numbers
             return super().step(token_ids, state)
 
     def tune_threads(self, n_tokens: int = 4, candidates=None, rounds: int = 3) -> int:

@@ -54,11 +54,15 @@ def finite_array(x, name: str, shape: tuple | None = None) -> np.ndarray:
 
 
 def _float_arrays(leaf):
-    """The floating arrays a parameter leaf holds: the leaf itself, or the arrays of a packed object."""
+    """The floating arrays a parameter leaf holds: the leaf itself, or the array fields of a packed
+    BitLinear (a NamedTuple: its gain ``g``). Other packed objects (the compact embedding table) are
+    built once from checked arrays and never written, so they are not re-read on every call."""
     if isinstance(leaf, np.ndarray):
         return [("", leaf)] if np.issubdtype(leaf.dtype, np.floating) else []
-    return [(f".{k}", a) for k, a in vars(leaf).items()
-            if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating)] if hasattr(leaf, "__dict__") else []
+    if isinstance(leaf, tuple) and hasattr(leaf, "_fields"):
+        return [(f".{k}", a) for k, a in zip(leaf._fields, leaf)
+                if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating)]
+    return []
 
 
 def _all_finite(a: np.ndarray) -> bool:
@@ -83,6 +87,17 @@ def finite_tree(tree, what: str = "parameter") -> None:
                 n = int(a.size - np.count_nonzero(np.isfinite(a)))
                 raise ValueError(f"{what} {path}{attr} contains {n} NaN or inf value(s); "
                                  f"the model cannot compute with it")
+
+
+def finite_logits(params, logits: np.ndarray, state):
+    """(logits, state) of a decoding step, after one cheap check of the (B, V) logits: a decode step
+    must stay fast, so the parameters are walked only when the logits are not finite, to name the
+    parameter responsible (every parameter that matters reaches the logits)."""
+    if not _all_finite(logits):
+        finite_tree(params)
+        raise FloatingPointError("the logits are NaN or inf although every parameter is finite: "
+                                 "the computation overflowed")
+    return logits, state
 
 
 def optimizer_inputs(params, grads, m, v) -> None:
