@@ -369,7 +369,8 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
     with _DeferredInterrupt() as interrupt:                     # Ctrl-C ends the run between steps
         while True:
             seconds = time.perf_counter() - t_start
-            if step >= cfg.steps or (cfg.minutes is not None and seconds >= cfg.minutes * 60):
+            out_of_time = cfg.minutes is not None and seconds >= cfg.minutes * 60 and step > 0
+            if step >= cfg.steps or out_of_time:                # a new run makes at least one step
                 break
             prog = step / cfg.steps
             if cfg.minutes is not None:
@@ -498,6 +499,8 @@ class _DeferredInterrupt:
 
 
 def _check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a directory for the run")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
