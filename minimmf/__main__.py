@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -284,6 +285,9 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:                                      # `minimmf info RUN | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except (ValueError, RuntimeError, OSError, MemoryError) as e:   # CheckpointError, CorpusError: ValueErrors
         if debug:
             traceback.print_exc()

@@ -325,6 +325,10 @@ def export_hf(src, out, dtype: str | None = None, max_shard_bytes: int | None = 
     ``out`` under a temporary name and renamed into place only when complete.
     """
     pre = read_pretrained(src, tokenizer=False)
+    if not architecture_of_config(pre.config).ternary:
+        raise CheckpointError(f"{src} is a {architecture_of_config(pre.config).title} run: export writes the "
+                              f"released MMfreeLM layout only (its checkpoint/ directory is already "
+                              f"config.json + model.safetensors)")
     dtype = dtype or ("float32" if pre.dtype == "float64" else pre.dtype)
     if dtype not in _EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_EXPORT_DTYPES)}, got {dtype!r}")

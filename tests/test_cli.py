@@ -30,6 +30,9 @@ def test_train_then_generate_and_info(tmp_path, corpus, capsys, arch):
     info = capsys.readouterr().out
     assert "parameters:" in info and "step 6" in info
     assert ("ternary codes" in info) == (arch == "mmfree")
+    if arch == "transformer++":                       # export writes the released MMfreeLM layout only
+        assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "hf")]) == 2
+        assert "Transformer++ run" in capsys.readouterr().err
 
 
 def test_export_writes_a_released_directory_that_generate_reads(tmp_path, corpus, capsys):
