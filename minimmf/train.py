@@ -216,6 +216,25 @@ def _config_from_state(state: dict, where) -> TrainConfig:
         raise CheckpointError(f"{Path(where) / 'trainer.json'} has invalid training settings ({e})") from None
 
 
+def _check_trainer_state(state: dict, where: Path) -> None:
+    """The fields of trainer.json a resume relies on, each of the right type."""
+    def count(x):
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    expect = {"step": (count, "a non-negative integer"), "tokens": (count, "a non-negative integer"),
+              "seconds": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                          and x >= 0, "a non-negative number"),
+              "rng": (lambda x: isinstance(x, dict), "a NumPy bit-generator state (object)"),
+              "threads": (count, "a positive integer"),
+              "recent_losses": (lambda x: isinstance(x, list) and all(
+                  isinstance(v, (int, float)) and not isinstance(v, bool) for v in x), "a list of numbers")}
+    for key, (ok, want) in expect.items():
+        if key == "recent_losses" and key not in state:
+            continue
+        if key not in state or not ok(state[key]):
+            raise CheckpointError(f"{where}: {key} is {state.get(key, 'missing')!r}, expected {want}; "
+                                  f"this checkpoint cannot be resumed")
+
+
 def _check_same_run(cfg: TrainConfig, saved: TrainConfig, out: Path) -> None:
     """Refuse to resume with a setting that differs from the run's, naming the flag and both values."""
     changed = [(FLAGS.get(f.name, f.name), getattr(cfg, f.name), getattr(saved, f.name))
@@ -315,9 +334,7 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
         if tokenizer is None or opt is None:
             raise CheckpointError(f"{ck.path} has no {'tokenizer.json' if tokenizer is None else 'optimizer state'}"
                                   f": it cannot be resumed (it is a model only; use it with generate)")
-        for key in ("step", "tokens", "seconds", "rng", "threads"):
-            if key not in state:
-                raise CheckpointError(f"{ck.path / 'trainer.json'} lacks {key!r}: it cannot be resumed")
+        _check_trainer_state(state, ck.path / "trainer.json")
     else:
         if cfg is None:
             raise ValueError("train: cfg is None; a new run needs a TrainConfig")

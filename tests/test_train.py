@@ -257,3 +257,29 @@ def test_resume_takes_every_setting_and_the_corpus_from_the_checkpoint(tmp_path,
     t = load_checkpoint(tmp_path).trainer
     assert TrainConfig(**{**t["train_config"], "betas": tuple(t["train_config"]["betas"])}) == replace(SMALL, steps=4)
     assert t["data_path"] == str(corpus.resolve()) and len(t["data_sha256"]) == 64 and t["threads"] == 1
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus):
+    run = tmp_path_factory.mktemp("finished")
+    train(replace(SMALL, steps=4), run, data=corpus, progress=False, log=lambda *a: None)
+    return run
+
+
+@pytest.mark.parametrize("field, value", [("step", "abc"), ("tokens", -1), ("rng", [1]), ("threads", True),
+                                          ("recent_losses", "x"), ("train_config", {"lr": "fast"}),
+                                          ("train_config", None)])
+def test_an_invalid_trainer_json_is_named_on_resume(tmp_path, finished_run, field, value):
+    """A trainer.json field of the wrong type is a CheckpointError naming the file, not a traceback."""
+    import shutil
+    from minimmf.checkpoint import CheckpointError, _sha256
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    ckpt = tmp_path / "checkpoint"
+    t = json.loads((ckpt / "trainer.json").read_text())
+    t[field] = value
+    (ckpt / "trainer.json").write_text(json.dumps(t))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["trainer.json"] = {"sha256": _sha256(ckpt / "trainer.json"), "bytes": (ckpt / "trainer.json").stat().st_size}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="trainer.json"):
+        train(None, tmp_path, resume=True, progress=False, log=lambda *a: None)
