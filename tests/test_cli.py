@@ -109,15 +109,30 @@ BAD = [  # (argv, words the one error line must contain)
 ]
 
 
+def run_in_process(argv, capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:                        # the argument parser exits itself
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, words", BAD)
-def test_every_user_error_is_one_line_with_status_2_in_a_real_process(argv, words):
-    """The CLI contract, in a subprocess: status 2, one stderr line `minimmf: error: ...` naming the
-    flag or file, no traceback."""
+def test_every_user_error_is_one_line_with_status_2(argv, words, capsys):
+    """The CLI contract: status 2, one stderr line `minimmf: error: ...` naming the flag or file, no traceback."""
+    code, err = run_in_process(argv, capsys)
+    assert code == 2, err
+    assert err.startswith("minimmf: error: ") and err.count("\n") == 1, err
+    assert words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, words", [BAD[0], BAD[3], BAD[8], BAD[12], BAD[13], BAD[15], BAD[16]])
+def test_the_contract_holds_in_a_real_process(argv, words):
+    """One bad input per subcommand, run as `python -m minimmf`: exit status 2, one line, no traceback."""
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "minimmf"] + argv, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("minimmf: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("minimmf: error: ") and r.stderr.count("\n") == 1, r.stderr
     assert words in r.stderr and "Traceback" not in r.stderr
 
 
