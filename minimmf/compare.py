@@ -148,7 +148,8 @@ def run_comparison(quick: bool = False, out="runs/compare", data=None, plan: Pla
             for m in MODELS:
                 cfg = run_config(m, size, plan, budget)
                 run_dir = out / "runs" / f"{budget}-{m.replace('+', 'p')}-{size.name}"
-                r = train(cfg, run_dir, data=data, progress=progress, log=lambda *a: None)
+                r = train(cfg, run_dir, data=data, progress=progress, log=lambda *a: None,
+                          overwrite=True)                            # the sweep owns these run folders
                 model = load_checkpoint(run_dir, with_optimizer=False).model
                 records.append(record(m, size, plan, budget, r, model))
                 x = records[-1]
