@@ -140,7 +140,7 @@ def _reading(path: Path):
     """Any failure while reading ``path`` becomes a CheckpointError naming it (never another exception type)."""
     try:
         yield
-    except CheckpointError:
+    except (CheckpointError, MemoryError):
         raise
     except Exception as e:                       # noqa: BLE001  (a corrupt file can fail in any parser)
         raise CheckpointError(f"checkpoint file {path} is corrupt or invalid ({type(e).__name__}: {e})") from None
