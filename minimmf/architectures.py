@@ -76,6 +76,6 @@ def architecture_of(model) -> Architecture:
 def architecture_of_config(config: dict) -> Architecture:
     """The entry a saved config.json describes: its "architecture" field, else a released MMfreeLM."""
     name = config.get("architecture", MMFREE.name) if isinstance(config, dict) else MMFREE.name
-    if name not in ARCHITECTURES:
+    if not isinstance(name, str) or name not in ARCHITECTURES:
         raise ValueError(f"config.json names architecture {name!r}; expected one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name]

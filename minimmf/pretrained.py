@@ -231,6 +231,10 @@ def read_pretrained(path, tokenizer: bool = True) -> Pretrained:
     files = _weight_files(d)
     _verify_manifest(d)                                           # minimmf checkpoints only; else no-op
     config = _read_json(d / "config.json")
+    try:
+        architecture_of_config(config)
+    except ValueError as e:
+        raise CheckpointError(f"{d / 'config.json'}: {e}") from None
     state_dict, dtypes = {}, {}
     for f, keys in files:
         tensors, kinds = read_safetensors(f)

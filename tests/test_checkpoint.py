@@ -155,6 +155,7 @@ def _resealed(ckpt):
 @pytest.mark.parametrize("name, content, message", [
     ("config.json", b"[1, 2]", r"config.json holds a JSON list, expected a JSON object"),
     ("config.json", b"\xff\xfe{}", r"config.json is not UTF-8"),
+    ("config.json", b'{"architecture": [1]}', r"config.json names architecture \[1\]; expected one of"),
     ("trainer.json", b"{not json", r"trainer.json is not valid JSON"),
     ("trainer.json", b'"a string"', r"trainer.json holds a JSON str"),
     ("manifest.json", b'{"config.json": 5}', r"manifest.json is malformed at 'config.json'"),
