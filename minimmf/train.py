@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -428,7 +429,7 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
                     if bar is not None:
                         bar.close()
                     log(f"\ninterrupted at step {step}; checkpoint saved in {out}. "
-                        f"Continue with: minimmf train --resume --out {out}")
+                        f"Continue with: minimmf train --resume --out {shlex.quote(str(out))}")
                     raise KeyboardInterrupt
                 break
     if bar is not None:
