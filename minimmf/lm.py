@@ -46,6 +46,7 @@ class LanguageModel:
 
     def prefill(self, input_ids, state=None):
         """Run a whole sequence (optionally continuing ``state``). Returns (logits (B, T, V), state)."""
+        validate.finite_tree(self.params)                     # a parameter changed to NaN is named
         ids = validate.token_ids(input_ids, self.config.vocab_size)
         if state is not None:
             self._check_state(state, ids.shape[0])
@@ -57,6 +58,7 @@ class LanguageModel:
 
         Position t predicts labels[t + 1]; labels equal to -100 are ignored.
         """
+        validate.finite_tree(self.params)                     # a parameter changed to NaN is named
         ids = validate.token_ids(input_ids, self.config.vocab_size)
         lab = validate.labels(labels, ids.shape, self.config.vocab_size)
         logits, cache, _ = self._model_forward(self.params, self.config, ids, None)
@@ -68,6 +70,7 @@ class LanguageModel:
 
     def loss(self, input_ids, labels) -> float:
         """Mean shifted cross-entropy, without gradients."""
+        validate.finite_tree(self.params)                     # a parameter changed to NaN is named
         ids = validate.token_ids(input_ids, self.config.vocab_size)
         lab = validate.labels(labels, ids.shape, self.config.vocab_size)
         logits, _, _ = self._model_forward(self._forward_params(), self.config, ids, None)
@@ -83,7 +86,7 @@ class LanguageModel:
         ids = validate.token_ids(token_ids, self.config.vocab_size, "token_ids", ndim=1)
         self._check_state(state, ids.shape[0])
         logits, _, new_state = self._model_forward(self._forward_params(), self.config, ids[:, None], state)
-        return logits[:, 0], new_state
+        return validate.finite_logits(self.params, logits[:, 0], new_state)   # NaN: names the parameter
 
     def _forward_params(self) -> dict:
         """The parameters the inference paths run on (a packed model substitutes its own)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import validate
 from .seam import op
 from .tree import leaves, tree_map
 
@@ -46,6 +47,7 @@ class AdamW:
 
     def step(self, params: dict, grads: dict, lr: float | None = None) -> None:
         """One AdamW update of ``params`` in place (``lr`` overrides the default, for schedules)."""
+        validate.optimizer_inputs(params, grads, self.m, self.v)   # before any kernel trusts a shape
         lr = self.lr if lr is None else lr
         if self.m is None:
             self.m = tree_map(np.zeros_like, params)

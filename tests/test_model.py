@@ -1,7 +1,7 @@
 """The language model end to end: golden logits, loss, gradients, decoding; properties; gradient check."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import minimmf
