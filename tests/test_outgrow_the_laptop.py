@@ -7,7 +7,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 import minimmf
-from conftest import FIXTURES
+from minimmf import golden
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "outgrow_the_laptop.py"
 
@@ -41,9 +41,9 @@ def test_the_export_half_writes_a_float32_released_directory_minimmf_reloads(tmp
 
 def test_the_load_back_half_matches_the_released_codes_logits(tmp_path):
     """Step 4 on a directory the released code wrote (the golden case): logits, step and packed decoding <= 1e-4."""
-    z = np.load(FIXTURES / "official_A.npz")
+    z = golden.load()
     (tmp_path / "config.json").write_text(str(z["config_json"]))
-    save_file({k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")},
+    save_file(golden.state_dict(z),
               str(tmp_path / "model.safetensors"))
     diffs = load().back_in_minimmf(tmp_path, z["input_ids"], z["logits"])
     assert set(diffs) == {"logits", "step decoding", "packed decoding"}
