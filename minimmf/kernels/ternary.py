@@ -26,6 +26,7 @@ The 2-bit code (the ONLY place it is defined; see ``CODE_ZERO``, ``CODE_PLUS``, 
 """
 
 import platform
+import time
 from typing import NamedTuple
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
@@ -304,21 +305,22 @@ def float_ternary_matmul(dy, packed: PackedTernary) -> np.ndarray:
 # and x86 has an instruction for exactly "unsigned byte times signed byte, adjacent pairs added into int16":
 # ``vpmaddubsw`` (AVX2, 32 bytes at a time). Per 128 weights of one row the kernel does one 32-byte load of codes,
 # 3 shifts and 4 ANDs to bring each 2-bit field to the bottom of its byte, 4 ``vpmaddubsw`` against the int8
-# activations, 3 int16 adds and one ``vpmaddwd`` by 1s to widen into int32 lanes: ~0.12 instructions per weight
-# against ~0.29 above. No saturation can happen: a pair is at most 2 * 2 * 128 = 512 in magnitude, and the four
-# pairs of a block at most 2048 per int16 lane. Four rows are done per pass so that the activations are loaded
-# once for four rows. The layout is the interleaved one above with only the code values changed
+# activations and 4 int16 adds; every 8 blocks one ``vpmaddwd`` by 1s widens the int16 lanes into int32 ones:
+# ~0.1 instructions per weight against ~0.29 above. Nothing saturates or overflows: a pair is at most
+# 2 * 2 * 128 = 512 in magnitude, a block adds at most 2048 to an int16 lane, 8 blocks at most 16384. Four rows are
+# done per pass so that the activations are loaded once for four rows. The layout is the interleaved one above with only the code values changed
 # (``OFFSET_CODE = {-1: 0b00, 0: 0b01, +1: 0b10}``), so ``offset_from_packed`` converts a ``PackedTernary`` by
 # looking each byte up in a 256-entry table.
 #
-# LLVM does not find ``vpmaddubsw`` in a plain loop (it proves the products fit in int16 and multiplies with
-# ``vpmullw`` after widening; measured 2x slower), so the AVX2 kernel calls the two x86 instructions through
+# LLVM does not find ``vpmaddubsw`` in a plain loop (it proves that the products fit in int16, widens both
+# operands and multiplies with ``vpmullw``), so the AVX2 kernel calls the two x86 instructions through
 # ``numba.extending.intrinsic``. On every other CPU, and with NUMBA_DISABLE_JIT=1, the same arithmetic runs as a
 # plain loop (``_offset_rows_portable``); both are proven equal to ``ternary_matmul_ref`` by the tests.
 
 OFFSET_CODE = {-1: 0b00, 0: 0b01, 1: 0b10}  # 2-bit code = w + 1; 0b11 is never produced
 OFFSET_ROWS = 4  # rows per pass of the AVX2 kernel (the activations are loaded once per 4 rows)
 OFFSET_TILE = 16  # rows per parallel work item
+OFFSET_GROUP = 8  # blocks summed in int16 lanes before widening: 8 * 4 * 512 = 16384 < 32767
 
 
 class OffsetPacked(NamedTuple):
@@ -433,7 +435,8 @@ def _avx2_rows_intrinsic(R: int):
     """An intrinsic (codes, r0, xp, nblocks, raw) -> None doing raw[r0 + r] = sum_i c[r0 + r, i] xp[i], r < R.
 
     Per block b and row r: e_k = (codes[r, 32b:32b+32] >> 2k) & 3 (k = 0..3, as 16-bit shifts then a byte mask),
-    t = sum_k vpmaddubsw(e_k, xp[128b+32k : 128b+32k+32]) (16 int16 lanes, |t| <= 2048), acc_r += vpmaddwd(t, 1).
+    t += sum_k vpmaddubsw(e_k, xp[128b+32k : 128b+32k+32]) (16 int16 lanes, at most 2048 more per block), and
+    every OFFSET_GROUP blocks acc_r += vpmaddwd(t, 1) (int32 lanes), t = 0.
     """
     i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
     v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
@@ -465,24 +468,35 @@ def _avx2_rows_intrinsic(R: int):
             def load(base, offset, vty):
                 return builder.load(builder.bitcast(builder.gep(base, [offset]), vty.as_pointer()), align=1)
 
-            with cgutils.for_range(builder, nb) as loop:
-                b = loop.index
-                x0 = builder.mul(b, ir.Constant(idx, 128))
-                xs = [load(xa.data, builder.add(x0, ir.Constant(idx, 32 * k)), v32i8) for k in range(4)]
-                w0 = builder.mul(b, ir.Constant(idx, 32))
+            one = ir.Constant(idx, 1)
+            group = ir.Constant(idx, OFFSET_GROUP)
+            ngroups = builder.sdiv(builder.add(nb, ir.Constant(idx, OFFSET_GROUP - 1)), group)
+            sums = [cgutils.alloca_once(builder, v16i16) for _ in range(R)]
+            with cgutils.for_range(builder, ngroups) as gloop:
+                b0 = builder.mul(gloop.index, group)
+                b1 = builder.add(b0, group)
+                b1 = builder.select(builder.icmp_signed("<", b1, nb), b1, nb)
                 for r in range(R):
-                    ahead = builder.gep(rows_p[r], [builder.add(w0, ir.Constant(idx, PREFETCH_BYTES))])
-                    builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
-                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
-                    w = load(rows_p[r], w0, v32i8)
-                    w16 = builder.bitcast(w, v16i16)
-                    t = None
-                    for k in range(4):
-                        e = w if k == 0 else builder.bitcast(builder.lshr(w16, ir.Constant(v16i16, [2 * k] * 16)),
-                                                             v32i8)
-                        p = builder.call(maddubs, [builder.and_(e, mask3), xs[k]])
-                        t = p if t is None else builder.add(t, p)
-                    builder.store(builder.add(builder.load(accs[r]), builder.call(maddwd, [t, ones])), accs[r])
+                    builder.store(ir.Constant(v16i16, None), sums[r])
+                with cgutils.for_range_slice(builder, b0, b1, one) as (b, _):
+                    x0 = builder.mul(b, ir.Constant(idx, 128))
+                    xs = [load(xa.data, builder.add(x0, ir.Constant(idx, 32 * k)), v32i8) for k in range(4)]
+                    w0 = builder.mul(b, ir.Constant(idx, 32))
+                    for r in range(R):
+                        ahead = builder.gep(rows_p[r], [builder.add(w0, ir.Constant(idx, PREFETCH_BYTES))])
+                        builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
+                                                ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                        w = load(rows_p[r], w0, v32i8)
+                        w16 = builder.bitcast(w, v16i16)
+                        t = builder.load(sums[r])
+                        for k in range(4):
+                            e = w if k == 0 else builder.bitcast(
+                                builder.lshr(w16, ir.Constant(v16i16, [2 * k] * 16)), v32i8)
+                            t = builder.add(t, builder.call(maddubs, [builder.and_(e, mask3), xs[k]]))
+                        builder.store(t, sums[r])
+                for r in range(R):  # widen the group's int16 lanes into the int32 accumulator
+                    builder.store(builder.add(builder.load(accs[r]), builder.call(maddwd, [builder.load(sums[r]), ones])),
+                                  accs[r])
             for r in range(R):
                 acc = builder.load(accs[r])
                 total = builder.extract_element(acc, ir.Constant(i32, 0))
@@ -550,18 +564,21 @@ def offset_rows_scaled(codes, r0, r1, xp, sum_x, nblocks, den, y_int, y):
 
 
 @njit(parallel=True, cache=True)
-def _offset_matvec_parallel(codes, xp, nblocks, y_int):
-    """Work items: tiles of OFFSET_TILE output rows, split over threads."""
-    sum_x = offset_sum(xp)
+def _offset_matmul_parallel(codes, xp, nblocks, y_int):
+    """For each token n: tiles of OFFSET_TILE output rows, split over threads."""
     O = codes.shape[0]
-    for t in prange((O + OFFSET_TILE - 1) // OFFSET_TILE):
-        offset_rows_int(codes, t * OFFSET_TILE, min(O, (t + 1) * OFFSET_TILE), xp, sum_x, nblocks, y_int)
+    for n in range(xp.shape[0]):
+        x, y = xp[n], y_int[n]
+        sum_x = offset_sum(x)
+        for t in prange((O + OFFSET_TILE - 1) // OFFSET_TILE):
+            offset_rows_int(codes, t * OFFSET_TILE, min(O, (t + 1) * OFFSET_TILE), x, sum_x, nblocks, y)
 
 
 @njit(cache=True)
-def _offset_matvec_serial(codes, xp, nblocks, y_int):
+def _offset_matmul_serial(codes, xp, nblocks, y_int):
     """The same on the calling thread (no prange launch): small products, or one thread chosen."""
-    offset_rows_int(codes, 0, codes.shape[0], xp, offset_sum(xp), nblocks, y_int)
+    for n in range(xp.shape[0]):
+        offset_rows_int(codes, 0, codes.shape[0], xp[n], offset_sum(xp[n]), nblocks, y_int[n])
 
 
 def offset_matmul(q_x, packed: OffsetPacked, parallel: bool | None = None) -> np.ndarray:
@@ -575,13 +592,69 @@ def offset_matmul(q_x, packed: OffsetPacked, parallel: bool | None = None) -> np
     vector = q_x.ndim == 1
     q_x = _check_activations(q_x[None] if vector else q_x, packed.in_features)
     N, I = q_x.shape
-    nb = _n_blocks(I)
-    xp = np.zeros((N, nb * BLOCK), np.int8)  # (N, 128 nb): zero padding meets the padding's code 01 (w = 0)
-    xp[:, :I] = q_x
+    nb = packed.codes.shape[1] // BLOCK_BYTES
+    if I == nb * BLOCK and q_x.flags.c_contiguous:
+        xp = q_x
+    else:
+        xp = np.zeros((N, nb * BLOCK), np.int8)  # (N, 128 nb): zero padding meets the padding's code 01 (w = 0)
+        xp[:, :I] = q_x
     out = np.empty((N, packed.out_features), np.int32)
     if parallel is None:
         parallel = packed.out_features * nb >= SERIAL_BELOW
-    kernel = _offset_matvec_parallel if parallel else _offset_matvec_serial
-    for n in range(N):
-        kernel(packed.codes, xp[n], nb, out[n])
+    (_offset_matmul_parallel if parallel else _offset_matmul_serial)(packed.codes, xp, nb, out)
     return out[0] if vector else out
+
+
+# ---------------------------------------------------------------- serial or parallel: decided by measurement
+
+class ParallelGuard:
+    """Chooses, call by call, between the parallel and the serial form of a kernel from the times it measures.
+
+    On a quiet 2-core machine two threads are ~2x faster than one; while another process keeps a core busy a
+    ``prange`` region waits for its descheduled thread and can take many times longer than one thread alone.
+    ``guard.call(fn, *args, key=...)`` runs ``fn(*args, parallel=p)`` and times it. Per key (e.g. a shape) it keeps
+    the last ``window`` times of each form and runs the form whose median is lower; every ``probe`` calls it runs
+    the other form once, so that it notices when the machine becomes quiet (or busy) again. A parallel call that
+    overran (slower than the serial median) thus moves the choice to serial after a few calls at most.
+    """
+
+    def __init__(self, window: int = 5, probe: int = 16):
+        self.window, self.probe = window, probe
+        self._state = {}  # key -> [serial times, parallel times, calls, parallel is faster]
+        self.n_parallel = self.n_calls = 0
+
+    def choose(self, key) -> bool:
+        """True to run the parallel form next for this key."""
+        st = self._state.get(key)
+        if st is None:
+            st = self._state[key] = [[], [], 0, True]
+        serial, parallel, calls, parallel_faster = st
+        if len(serial) < 2 or len(parallel) < 2:  # measure both forms first, alternating
+            return len(parallel) <= len(serial)
+        return parallel_faster != (calls % self.probe == self.probe - 1)  # now and then, the other form
+
+    def record(self, key, parallel: bool, seconds: float) -> None:
+        st = self._state[key]
+        times = st[1] if parallel else st[0]
+        times.append(seconds)
+        if len(times) > self.window:
+            del times[0]
+        st[2] += 1
+        if st[0] and st[1]:
+            st[3] = sorted(st[1])[len(st[1]) // 2] < sorted(st[0])[len(st[0]) // 2]
+        self.n_calls += 1
+        self.n_parallel += parallel
+
+    def call(self, fn, *args, key=None):
+        """fn(*args, parallel=choice), timed; key defaults to the shapes of the array arguments."""
+        if key is None:
+            key = tuple(getattr(a, "shape", None) or getattr(getattr(a, "codes", None), "shape", None) for a in args)
+        parallel = self.choose(key)
+        t0 = time.perf_counter()
+        out = fn(*args, parallel=parallel)
+        self.record(key, parallel, time.perf_counter() - t0)
+        return out
+
+    def parallel_share(self) -> float:
+        """Fraction of the calls so far that ran the parallel form."""
+        return self.n_parallel / max(1, self.n_calls)
