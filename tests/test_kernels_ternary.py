@@ -10,6 +10,7 @@ from minimmf.kernels import ternary
 from minimmf.kernels.ternary import (
     PackedTernary,
     OffsetPacked,
+    ParallelGuard,
     float_ternary_matmul,
     float_ternary_matmul_ref,
     offset_from_packed,
@@ -283,3 +284,32 @@ def test_offset_functions_reject_bad_input_naming_the_argument():
         unpack_offset(OffsetPacked(np.full((4, 32), 0xFF, np.uint8), 4, 10))
     with pytest.raises(ValueError, match="packed must be a PackedTernary"):
         offset_from_packed(packed)
+
+
+def _drive_guard(guard, serial_s, parallel_s, calls):
+    """Feed a ParallelGuard synthetic times; return the choices it made."""
+    choices = []
+    for _ in range(calls):
+        p = guard.choose("k")
+        guard.record("k", p, parallel_s if p else serial_s)
+        choices.append(p)
+    return choices
+
+
+@pytest.mark.parametrize("serial_s, parallel_s, expect_parallel", [(1.0, 0.5, True), (1.0, 8.0, False)])
+def test_parallel_guard_runs_the_faster_form_and_probes_the_other_now_and_then(serial_s, parallel_s,
+                                                                               expect_parallel):
+    """After measuring both forms the guard runs the faster one, except one probe of the other per 16 calls."""
+    guard = ParallelGuard(window=5, probe=16)
+    choices = _drive_guard(guard, serial_s, parallel_s, 4 + 160)[4:]
+    faster = sum(c == expect_parallel for c in choices)
+    assert 160 - 160 // 16 - 1 <= faster < 160
+
+
+def test_parallel_guard_switches_to_serial_when_parallel_calls_start_to_overrun():
+    """When parallel calls become slower than serial ones (a busy core), the guard moves to serial within a window."""
+    guard = ParallelGuard(window=5, probe=16)
+    _drive_guard(guard, 1.0, 0.5, 50)
+    choices = _drive_guard(guard, 1.0, 20.0, 50)
+    assert all(choices[:3])  # three overrunning samples move the median of the last five
+    assert sum(choices[3:]) <= 50 // 16 + 1  # afterwards: only the probes
