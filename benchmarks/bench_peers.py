@@ -138,7 +138,7 @@ def main(argv=None):
                     best = cells.setdefault(key, got)
                     for name, v in got.items():
                         best[name] = min(best[name], v)
-            print(f"pass {p + 1}/{args.passes} done, load average {os.getloadavg()[0]:.2f}", flush=True)
+            print(f"pass {p + 1}/{args.passes}: {O} × {I} done, load average {os.getloadavg()[0]:.2f}", flush=True)
     cols = ["minimmf offset", "minimmf add/sub"] + ([f"ggml {k.upper()}" for k in GGML_TYPES] if exe else [])
     cols += ["NumPy f32"]
     print("\n| out × in | threads | mode | " + " | ".join(cols) + (" | minimmf ÷ TQ2_0 |" if exe else " |"))
