@@ -428,7 +428,7 @@ def _host_has_avx2() -> bool:
 
 
 HAVE_AVX2 = _host_has_avx2()
-PREFETCH_BYTES = 1024  # how far ahead in each row the AVX2 kernel asks for code bytes (cold weights)
+PREFETCH_PASSES = 2  # the AVX2 kernel asks for the code bytes of the rows it will read this many passes later
 
 
 def _avx2_rows_intrinsic(R: int):
@@ -469,6 +469,7 @@ def _avx2_rows_intrinsic(R: int):
                 return builder.load(builder.bitcast(builder.gep(base, [offset]), vty.as_pointer()), align=1)
 
             one = ir.Constant(idx, 1)
+            prefetch_ahead = builder.mul(row_stride, ir.Constant(idx, PREFETCH_PASSES * R))
             group = ir.Constant(idx, OFFSET_GROUP)
             ngroups = builder.sdiv(builder.add(nb, ir.Constant(idx, OFFSET_GROUP - 1)), group)
             sums = [cgutils.alloca_once(builder, v16i16) for _ in range(R)]
@@ -482,10 +483,14 @@ def _avx2_rows_intrinsic(R: int):
                     x0 = builder.mul(b, ir.Constant(idx, 128))
                     xs = [load(xa.data, builder.add(x0, ir.Constant(idx, 32 * k)), v32i8) for k in range(4)]
                     w0 = builder.mul(b, ir.Constant(idx, 32))
-                    for r in range(R):
-                        ahead = builder.gep(rows_p[r], [builder.add(w0, ir.Constant(idx, PREFETCH_BYTES))])
+                    # The R rows are contiguous: ask for the bytes PREFETCH_PASSES passes ahead at the rate this
+                    # pass consumes its own (R * 32 bytes per block, one request per 64-byte line).
+                    ahead0 = builder.add(prefetch_ahead, builder.mul(b, ir.Constant(idx, R * 32)))
+                    for line in range(0, R * 32, 64):
+                        ahead = builder.gep(rows_p[0], [builder.add(ahead0, ir.Constant(idx, line))])
                         builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
                                                 ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                    for r in range(R):
                         w = load(rows_p[r], w0, v32i8)
                         w16 = builder.bitcast(w, v16i16)
                         t = builder.load(sums[r])
