@@ -10,7 +10,12 @@ needs no multiplier at all. This module holds, for each product, a plain-NumPy r
 and a Numba kernel proven equal to it by ``tests/test_kernels_ternary.py``:
 
     ternary_matmul_ref / ternary_matmul              q_x (N, I) int8, q_w (O, I) ternary -> (N, O) int32
+    ternary_matmul_ref / offset_matmul               the same product on codes w + 1 by u8 x i8 multiply-adds
     float_ternary_matmul_ref / float_ternary_matmul  dy (N, O) float, q_w (O, I) ternary -> (N, I) float
+
+``offset_matmul`` (codes ``w + 1``, ``OffsetPacked``, see "offset codes" below) is the fast batch-1 kernel; its
+row functions ``offset_rows_int`` / ``offset_rows_scaled`` are meant to be called from fused decode kernels, and
+``offset_from_packed`` converts weights packed by ``pack_ternary``.
 
 The kernels read the weights from a ``PackedTernary``: 2 bits per weight, 4 weights per byte, 16x fewer bytes
 than float32. Layout (bitnet.cpp "I2_S"-style, interleaved so that every byte lane uses the same shifts):
