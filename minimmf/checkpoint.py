@@ -17,6 +17,8 @@ renamed into place (the previous checkpoint is moved aside first and deleted las
 any moment leaves either the old or the new checkpoint complete; ``load_checkpoint`` recovers
 the moved-aside one if the crash fell between the two renames. The manifest catches files that
 were truncated or changed later.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

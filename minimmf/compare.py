@@ -15,6 +15,8 @@ Recipes (paper §4 and SPEC §6; the constants below):
                    2.87 / 2.89 bits/char for 3e-4 / 1e-3 / 3e-3 / 6e-3, so 3e-3, the best of that grid. (MMfreeLM
                    in the same pilot: 2.70 / 2.67 / 2.67 for 2e-3 / 4e-3 / 8e-3, so the paper's 4e-3 stays.)
 Both: the same warm-up, AdamW (0.9, 0.95), weight decay 0.01, gradient clipping 1.0, batches and seed.
+
+Taught in chapter 14 (``chapters/14-matmul-free-vs-transformer.md``).
 """
 from __future__ import annotations
 

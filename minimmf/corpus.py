@@ -8,6 +8,8 @@ be fetched is a ``CorpusUnavailable`` (a ``RuntimeError``) saying what failed an
 works offline.
 
 Reading, splitting and batching any corpus (this one included) is ``data.py``'s job.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

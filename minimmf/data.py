@@ -9,6 +9,8 @@
 The default corpus (``path=None``) is fetched and cached by ``corpus.py``.
 
 Every bad input is a ``CorpusError`` (a ``ValueError``) whose message names the file and the fix.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 The MLGRU's state is one vector per layer, so each new token costs the same time and memory
 whatever the length of the text so far (a Transformer's KV cache grows instead).
+
+Taught in chapter 9 (``chapters/09-generation.md``).
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ SPEC §7. ``from_reference(config, state_dict)`` builds a model from a released 
 dict and a ``{key: array}`` state dict; ``to_reference(model, tree=None)`` goes back, for the
 model's parameters or for any tree of the same shape (e.g. gradients). Nothing else in the
 package knows the released key names.
+
+Taught in chapter 10 (``chapters/10-released-models.md``).
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ Released code, which minimmf follows (SPEC §3), for the attention-normed input 
 ``num_heads`` only reshapes H into heads; every formula is per channel, so it never
 appears here. Parameters: ``p = {"i_proj", "f_proj", "g_proj", "o_proj": BitLinear params,
 "g_norm": (H,)}``.
+
+Taught in chapter 4 (``chapters/04-the-mlgru.md``).
 """
 from __future__ import annotations
 

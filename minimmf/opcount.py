@@ -23,6 +23,8 @@ Not counted: comparisons (max, clip, masks), rounding, copies, the Python around
 The MatMul-free model's matrix products are the ``kind == "matrix product"`` rows: their ``mults`` are 0.
 The multiplications it still performs are element-wise (gates, norms, the per-row rescale) and grow like
 H per layer, not H².
+
+Taught in chapter 14 (``chapters/14-matmul-free-vs-transformer.md``).
 """
 from __future__ import annotations
 

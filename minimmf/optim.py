@@ -10,6 +10,8 @@ Weight decay applies to matrices only (ndim ≥ 2); norm gains are not decayed.
 
 The update is applied in place to the model's parameter arrays; the moments are trees of the
 same shape (``tree.py``), so they can be saved and restored with the parameters.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

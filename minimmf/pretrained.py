@@ -23,6 +23,8 @@ a JSON header {key: {"dtype", "shape", "data_offsets"}}, then the raw little-end
     export_hf(src, out, dtype=None, max_shard_bytes=None) -> Path                     the released layout
 
 Every problem is a ``CheckpointError`` (a ValueError) naming the file, tensor or field and the fix.
+
+Taught in chapter 10 (``chapters/10-released-models.md``).
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ threshold, so they need a larger step than the 3e-4 of a float Transformer), cos
 before this step: ``(step - 1) / total_steps`` for a step budget (a wall-clock budget may be ahead).
 ``minimmf train`` (its ``TrainConfig`` has these four fields), ``minimmf demo``, the examples and
 ``fpga_model``'s tiny model all call this one function.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ into bits per character, which compares models with different tokenizers fairly:
     bits/char = (nats/token) / ln 2 / (chars/token)
 
 Errors are ``TokenizerError`` (a ``ValueError``) with the fix in the message.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ The 2-bit code (the ONLY place it is defined; see ``CODE_ZERO``, ``CODE_PLUS``, 
 
     00 -> 0,  01 -> +1 (bit 0 = "add"),  10 -> -1 (bit 1 = "subtract");  11 is never produced
     (decoders read it as +1 - 1 = 0).
+
+Taught in chapter 6 (``chapters/06-ternary-kernel.md``).
 """
 
 import platform
