@@ -89,7 +89,7 @@ elif where == "between-renames":
         calls.append(b)
         if len(calls) == 1:               # old checkpoint moved aside, new one not yet in place
             os._exit(9)
-    ck.os.replace = dying_replace
+    os.replace = dying_replace            # the renames of fileio.install_directory
 ck.save_checkpoint(sys.argv[1], model)
 """
 
