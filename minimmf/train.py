@@ -385,11 +385,11 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
     result = None
     last_saved = step
     with _DeferredInterrupt() as interrupt:                     # Ctrl-C ends the run between steps
-        while True:
+        spent = cfg.minutes is not None and seconds0 >= cfg.minutes * 60 and step > 0   # a resumed run whose
+        while not spent:                                        # time was already up makes no more steps
             seconds = time.perf_counter() - t_start
-            out_of_time = cfg.minutes is not None and seconds >= cfg.minutes * 60 and step > 0
-            if step >= cfg.steps or out_of_time:                # a new run makes at least one step
-                break
+            if step >= cfg.steps:                               # (a time budget ends the loop below, after
+                break                                           # the last step's evaluation and checkpoint)
             prog = step / cfg.steps
             if cfg.minutes is not None:
                 prog = max(prog, seconds / (cfg.minutes * 60))
@@ -431,6 +431,8 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
                     log(f"\ninterrupted at step {step}; checkpoint saved in {out}. "
                         f"Continue with: minimmf train --resume --out {shlex.quote(str(out))}")
                     raise KeyboardInterrupt
+                break
+            if last:
                 break
     if bar is not None:
         bar.close()
