@@ -24,7 +24,7 @@ from .tree import leaves
 # Large enough that a chunk's products and kernel launches are amortized (a prompt up to this long runs in one
 # pass, as before), small enough that a chunk's activations stay small: in the tiny preset, prefill peaks at
 # +50 MB whatever T (measured); in a 370M model, one block's activations are ~110 KB per position (derived from
-# the caches' shapes: ~15 (B, T, H) and ~6 (B, T, I) arrays), so two blocks of a chunk take ~0.2 GB.
+# a block cache's arrays: 16 of width H = 1024 and 4 of width I = 2816), so two blocks of a chunk take ~0.2 GB.
 CHUNK_SIZE = 1024
 
 
