@@ -8,10 +8,14 @@ its pair and its checks as class attributes and defines its decoding state (``in
 Training (``loss_and_grads``) keeps every layer's cache for the backward pass. Inference (``forward``,
 ``prefill``, ``loss``, ``step``) keeps none, and runs a long sequence in chunks of ``chunk_size``
 positions, handing the decoding state (MLGRU hidden states, or a Transformer's KV cache) from one chunk
-to the next: the same numbers as one pass over the whole sequence, in memory that does not grow with
-its length (beyond what is returned, and a Transformer's KV cache).
+to the next: the same numbers as one pass over the whole sequence (bit for bit for MMfreeLM, whose every
+operation but the scan is per position; to float rounding for Transformer++, whose attention products
+change shape), in memory that does not grow with its length, beyond what is returned (a Transformer's
+KV cache, and its chunk's attention scores (B, n, C, S), do grow with the S positions seen).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -96,7 +100,9 @@ class LanguageModel:
         """
         ids = validate.token_ids(input_ids, self.config.vocab_size)
         lab = validate.labels(labels, ids.shape, self.config.vocab_size)
-        logits, cache, _ = self._model_forward(self.params, self.config, ids, None)
+        with _out_of_memory(f"loss_and_grads: not enough memory for the training caches of a batch of shape "
+                            f"{ids.shape}; lower the batch size or the sequence length"):
+            logits, cache, _ = self._model_forward(self.params, self.config, ids, None)
         loss, c_loss = op.cross_entropy_forward(logits, lab)
         if not np.isfinite(loss):
             self._check_params(self.params, self.config)   # names the bad parameter if there is one
@@ -134,14 +140,10 @@ class LanguageModel:
             raise ValueError(f"chunk_size must be a positive integer, got {C!r}")
         params = self._forward_params()
         for t in range(0, ids.shape[1], C):
-            try:
+            with _out_of_memory(f"{what}: not enough memory for a chunk of {ids.shape[0]} x "
+                                f"{min(C, ids.shape[1])} positions; lower the model's chunk_size (now {C}) "
+                                f"or the batch size"):
                 logits, _, state = self._model_forward(params, self.config, ids[:, t:t + C], state, False)
-            except MemoryError as e:
-                if isinstance(e, OutOfMemoryError):
-                    raise
-                raise OutOfMemoryError(
-                    f"{what}: not enough memory for a chunk of {ids.shape[0]} x {min(C, ids.shape[1])} "
-                    f"positions; lower the model's chunk_size (now {C}) or the batch size") from None
             yield t, logits, state
 
     # -- decoding, one token at a time
@@ -160,6 +162,17 @@ class LanguageModel:
     def _forward_params(self) -> dict:
         """The parameters the inference paths run on (a packed model substitutes its own)."""
         return self.params
+
+
+@contextlib.contextmanager
+def _out_of_memory(message: str):
+    """Turn a bare ``MemoryError`` raised in the block into an ``OutOfMemoryError`` with ``message``."""
+    try:
+        yield
+    except OutOfMemoryError:
+        raise
+    except MemoryError:
+        raise OutOfMemoryError(message) from None
 
 
 def _empty(shape: tuple, dtype, what: str) -> np.ndarray:

@@ -133,8 +133,8 @@ def test_chunked_loss_skips_chunks_whose_labels_are_all_ignored():
 
 # ----------------------------------------------------------------------------- clear errors
 
-def test_a_memory_error_in_a_chunk_says_what_to_lower():
-    """Running out of memory inside a chunk raises OutOfMemoryError naming the call and chunk_size."""
+def test_a_memory_error_in_the_forward_says_what_to_lower():
+    """Running out of memory in the model raises OutOfMemoryError naming the call and what to lower."""
     cfg = minimmf.MMfreeConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, intermediate_size=24)
     model = minimmf.MMfreeLM.init(cfg, seed=6)
 
@@ -143,6 +143,8 @@ def test_a_memory_error_in_a_chunk_says_what_to_lower():
     model._model_forward = no_memory
     with pytest.raises(OutOfMemoryError, match="prefill: not enough memory .* chunk_size"):
         model.prefill(np.zeros((1, 5), np.int64))
+    with pytest.raises(OutOfMemoryError, match="loss_and_grads: not enough memory .* batch size"):
+        model.loss_and_grads(np.zeros((1, 5), np.int64), np.zeros((1, 5), np.int64))
 
 
 def test_logits_too_large_for_memory_raise_a_clear_error():
