@@ -11,10 +11,11 @@ from minimmf.baseline import TransformerConfig, TransformerPP
 from minimmf.lm import OutOfMemoryError, _empty
 from strategies import tiny_configs, token_batches
 
-pytestmark = pytest.mark.jit
-
 MEM_CONFIG = minimmf.MMfreeConfig(vocab_size=64, hidden_size=64, num_hidden_layers=6, intermediate_size=128)
 
+
+# The memory tests and the packed one are not marked ``jit``: without the JIT their scans and the packed kernel
+# run as plain Python for minutes.
 
 def peak_bytes(fn) -> int:
     """The most memory (NumPy arrays included) that ``fn()`` held at once beyond what was held before it."""
@@ -63,6 +64,7 @@ def test_inference_holds_two_blocks_activations_not_every_blocks(mem_model):
 
 # ----------------------------------------------------------------------------- the same numbers
 
+@pytest.mark.jit
 @given(cfg=tiny_configs(), data=st.data())
 def test_chunked_inference_equals_the_training_forward_bit_for_bit(cfg, data):
     """forward, prefill (last logits and state) and loss in chunks of any size give the unchunked numbers."""
@@ -98,6 +100,7 @@ def test_chunked_prefill_of_the_packed_model_equals_its_unchunked_prefill():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.jit
 @pytest.mark.parametrize("chunk", [1, 4, 9])
 def test_chunked_prefill_of_the_transformer_carries_the_kv_cache(chunk):
     """Transformer++ in chunks hands its KV cache on: the unchunked logits, keys and values to float64 rounding.
@@ -118,6 +121,7 @@ def test_chunked_prefill_of_the_transformer_carries_the_kv_cache(chunk):
     assert m.loss(ids, ids) == pytest.approx(m.loss_and_grads(ids, ids)[0], rel=1e-12)
 
 
+@pytest.mark.jit
 def test_chunked_loss_skips_chunks_whose_labels_are_all_ignored():
     """-100 labels across whole chunks leave the mean over the scored positions; nothing scored is an error."""
     cfg = minimmf.MMfreeConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, intermediate_size=24)
@@ -133,6 +137,7 @@ def test_chunked_loss_skips_chunks_whose_labels_are_all_ignored():
 
 # ----------------------------------------------------------------------------- clear errors
 
+@pytest.mark.jit
 def test_a_memory_error_in_the_forward_says_what_to_lower():
     """Running out of memory in the model raises OutOfMemoryError naming the call and what to lower."""
     cfg = minimmf.MMfreeConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, intermediate_size=24)
@@ -147,6 +152,7 @@ def test_a_memory_error_in_the_forward_says_what_to_lower():
         model.loss_and_grads(np.zeros((1, 5), np.int64), np.zeros((1, 5), np.int64))
 
 
+@pytest.mark.jit
 def test_logits_too_large_for_memory_raise_a_clear_error():
     """An impossible (B, T, V) result raises OutOfMemoryError (a MemoryError) pointing to prefill and loss."""
     with pytest.raises(OutOfMemoryError, match=r"forward: .* GB\), do not fit in memory; .* prefill .* loss"):
