@@ -53,7 +53,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
     prompt = np.asarray(prompt_ids).reshape(1, -1)
     rng = np.random.default_rng(seed)
     logits, state = model.prefill(prompt)                    # the whole prompt in one pass
-    last = logits[0, -1]
+    last = logits[0]                                         # the prompt's last position
     for _ in range(max_new_tokens):
         tok = sample_next(last, rng, temperature, top_k, top_p)
         yield tok
