@@ -2,25 +2,49 @@
 per layer (``kernels/decode.py``) instead of ~40 NumPy calls, with the same bits.
 
 ``DecodePlan`` lays a packed parameter tree out once for the kernels (per layer a (9, H) stack of gains and the
-lower bound, the six weight scales, the six code matrices); ``packed_step`` runs one token through it. Batches of
-more than one sequence, and dtypes other than float32/float64, run the plain step (``packed.packed_step``).
+lower bound, the six weight scales, the six code matrices as offset codes w + 1, and every scratch buffer a step
+writes); ``packed_step`` runs one token through it. Batches of more than one sequence, and dtypes other than
+float32/float64, run the plain step (``packed.packed_step``).
+
+Two threads must never be slower than one: on a machine where another process keeps a core busy, every parallel
+region waits for a descheduled thread. So a step with more than one Numba thread available asks the plan's
+``ParallelGuard`` (``kernels/ternary.py``) whether to run on all of them or on the calling thread alone; the guard
+times both and keeps the faster, trying the other now and then (every ``GUARD_PROBE`` steps).
 """
 from __future__ import annotations
 
 import numpy as np
+
+import time
+
+import numba
 
 from .. import bitlinear, packed, quant, validate
 from ..bitlinear import PackedBitLinear
 from ..kernels import fused
 from ..kernels.decode import (ATTN_NORM, G_F, G_G, G_GATE, G_I, G_NORM, G_O, LB, MLP_NORM, N_VECS, DecodeScalars,
                               k1_projections, k2_scan, k3_output_and_gate, k4_down, k_head)
-from ..kernels.ternary import BLOCK, _n_blocks
+from ..kernels.ternary import BLOCK, OffsetPacked, ParallelGuard, PackedTernary, _n_blocks, offset_from_packed
 from ..mlgru import lower_bounds_forward
+
+
+GUARD_PROBE = 64  # steps between two tries of the form (1 thread or all) the guard is not using
+
+
+def offset_codes(pb: PackedBitLinear) -> np.ndarray:
+    """The (O, 32 nb) uint8 offset codes (w + 1) of a packed BitLinear: its own if it holds OffsetPacked, else
+    converted from the older PackedTernary layout (one table look-up per byte)."""
+    codes = pb.codes
+    if isinstance(codes, PackedTernary):
+        codes = offset_from_packed(codes)
+    assert isinstance(codes, OffsetPacked), type(codes)
+    return codes.codes
 
 
 class DecodePlan:
     """What a step needs from a packed parameter tree, laid out once: per layer a (9, H) stack of gains and the
-    lower bound, the six weight scales in the model's dtype, and the six code matrices (views, not copies)."""
+    lower bound, the six weight scales in the model's dtype, the six code matrices as offset codes; the scratch
+    buffers every step reuses; the guard choosing one thread or all."""
 
     def __init__(self, params: dict, config):
         E = params["embeddings"]
@@ -42,15 +66,32 @@ class DecodePlan:
             if has_lb:
                 V[LB] = lb[l]
             sw = np.array([pb.s_w for pb in projs], dt)                  # float(s_w) -> dtype, as the plain path
-            codes = tuple(pb.codes.codes for pb in projs)
+            codes = tuple(offset_codes(pb) for pb in projs)
             self.layers.append((V, sw, codes, has_lb, np.ascontiguousarray(m["down_proj"].g, dt)))
         head = params["lm_head"]
         self.norm = np.ascontiguousarray(params["norm"], dt)
         self.head_g = np.ascontiguousarray(head.g, dt)
         self.head_sw = ft(head.s_w)
-        self.head_codes = head.codes.codes
-        self.I = params["layers"][0]["mlp"]["down_proj"].g.shape[0]
+        self.head_codes = offset_codes(head)
+        self.I = I = params["layers"][0]["mlp"]["down_proj"].g.shape[0]
         self.H, self.V = H, config.vocab_size
+        bits = np.int32 if dt == np.float32 else np.int64
+        self.ws = np.zeros((4, H), dt)                                   # scratch rows (and their bits)
+        self.ws_bits = self.ws.view(bits)
+        self.wi = np.zeros((3, I), dt)
+        self.wi_bits = self.wi.view(bits)
+        self.q3 = np.zeros((3, BLOCK * _n_blocks(H)), np.int8)           # int8 codes; the padding stays zero
+        self.qi = np.zeros(BLOCK * _n_blocks(I), np.int8)
+        self.yi = np.zeros(max(3 * H, 2 * I, self.V), np.int32)          # int32 sums
+        self.yi3 = self.yi[:3 * H].reshape(3, H)
+        self.s3 = np.empty(3, dt)
+        self.z = np.empty((3, H), dt)
+        self.e = np.empty(2 * H, dt)
+        self.gn, self.r = np.empty(H, dt), np.empty(H, dt)
+        self.x = np.empty((2, H), dt)                                    # the residual stream, layer to layer
+        self.y = np.empty(2 * I, dt)
+        self.eg = np.empty(I, dt)
+        self.guard = ParallelGuard(probe=GUARD_PROBE)
         self.scalars = DecodeScalars(norm_eps=ft(config.rms_norm_eps), bitlinear_eps=ft(bitlinear.BITLINEAR_EPS),
                                      nH=ft(H), nI=ft(self.I), qmax=ft(quant.ACT_QMAX), act_eps=ft(quant.ACT_EPS),
                                      half=ft(0.5), one=ft(1))
@@ -64,40 +105,30 @@ def plan_for(model) -> DecodePlan:
     return plan
 
 
-def step_arrays(plan: DecodePlan, x: np.ndarray, hs) -> tuple[np.ndarray, list]:
-    """One token through every layer and the head. Shapes: x (H,) embedding row, hs L x (H,) -> logits (V,), L x (H,).
+def step_arrays(plan: DecodePlan, x: np.ndarray, hs) -> tuple[np.ndarray, np.ndarray]:
+    """One token through every layer and the head. Shapes: x (H,) embedding row, hs L x (H,) -> logits (V,), (L, H).
 
-    (The inputs are not changed; the new states are fresh arrays.)
+    (The inputs are not changed; the logits and the new states are fresh arrays, everything else is the plan's.)
     """
-    dt, H, I = plan.dtype, plan.H, plan.I
-    ws = np.zeros((4, H), dt)                                             # scratch rows
-    ws_bits = ws.view(np.int32 if dt == np.float32 else np.int64)
-    wi = np.zeros((3, I), dt)
-    wi_bits = wi.view(np.int32 if dt == np.float32 else np.int64)
-    q3 = np.zeros((3, BLOCK * _n_blocks(H)), np.int8)                    # zero padding meets zero codes
-    qi = np.zeros(BLOCK * _n_blocks(I), np.int8)
-    s3 = np.empty(3, dt)
-    z = np.empty((3, H), dt)
-    e = np.empty(2 * H, dt)
-    gn, r = np.empty(H, dt), np.empty(H, dt)
-    y = np.empty(2 * I, dt)
-    eg = np.empty(I, dt)
-    c = plan.scalars
-    new_h = np.empty((len(plan.layers), H), dt)
+    c, ws, ws_bits, q3, yi, z, e, r, y, eg = (plan.scalars, plan.ws, plan.ws_bits, plan.q3, plan.yi, plan.z, plan.e,
+                                              plan.r, plan.y, plan.eg)
+    H = plan.H
+    eH, qh = e[:H], q3[0]
+    new_h = np.empty((len(plan.layers), H), plan.dtype)
     for l, (V, sw, codes, has_lb, g_down) in enumerate(plan.layers):
         cf, ci, cg, co, cgate, cdown = codes
-        k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q3, s3, z, e)
+        k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q3, plan.s3, plan.yi3, z, e)
         np.exp(e, out=e)
         h = new_h[l]
-        k2_scan(z, e, V, has_lb, hs[l], c, ws, h, gn, e[:H])
-        np.exp(e[:H], out=e[:H])
-        k3_output_and_gate(x, h, e[:H], gn, V, sw, co, cgate, c, ws, ws_bits, q3[0], r, y, eg)
+        k2_scan(z, e, V, has_lb, hs[l], c, ws, h, plan.gn, eH)
+        np.exp(eH, out=eH)
+        k3_output_and_gate(x, h, eH, plan.gn, V, sw, co, cgate, c, ws, ws_bits, qh, yi, r, y, eg)
         np.exp(eg, out=eg)
-        x = np.empty(H, dt)
-        k4_down(r, y, eg, g_down, sw, cdown, c, wi, wi_bits, qi, x)
-    logits = np.empty(plan.V, dt)
-    k_head(x, plan.norm, plan.head_g, plan.head_sw, plan.head_codes, c, ws, ws_bits, q3[0], logits)
-    return logits, list(new_h)
+        x = plan.x[l % 2]
+        k4_down(r, y, eg, g_down, sw, cdown, c, plan.wi, plan.wi_bits, plan.qi, yi, x)
+    logits = np.empty(plan.V, plan.dtype)
+    k_head(x, plan.norm, plan.head_g, plan.head_sw, plan.head_codes, c, ws, ws_bits, qh, yi, logits)
+    return logits, new_h
 
 
 def packed_step(model, token_ids, state):
@@ -109,5 +140,17 @@ def packed_step(model, token_ids, state):
     plan = plan_for(model)
     x = np.ascontiguousarray(model.params["embeddings"][ids][0], plan.dtype)   # (H,)
     hs = [np.ascontiguousarray(h[0], plan.dtype) for h in state.h]
-    logits, new_h = step_arrays(plan, x, hs)
+    n = numba.get_num_threads()
+    if n == 1:
+        logits, new_h = step_arrays(plan, x, hs)
+    else:                                                                 # all threads, or one: measured
+        parallel = plan.guard.choose(n)
+        if not parallel:
+            numba.set_num_threads(1)
+        t0 = time.perf_counter()
+        try:
+            logits, new_h = step_arrays(plan, x, hs)
+        finally:
+            numba.set_num_threads(n)
+        plan.guard.record(n, parallel, time.perf_counter() - t0)
     return logits[None, :], type(state)(tuple(h[None, :] for h in new_h))

@@ -22,6 +22,13 @@ e^x is left to NumPy (as in ``fused.py``: LLVM's expf differs from NumPy's SIMD 
 stop where an exponential is needed and the caller runs ``np.exp`` in place on one small buffer. Each BitLinear's
 input side is ``fused.bitlinear_front_row`` (the same building block the training kernels use); its codes go straight
 into the zero-padded int8 row the ternary kernel reads, and the rescale happens as each output row is summed.
+
+The weights are read as offset codes (``OffsetPacked``, codes w + 1; ``kernels/ternary.py``): every output row is
+``offset_rows_scaled``'s exact int32 sum sum_i (w_i + 1) x_i - sum_i x_i, converted and divided by s_x s_w, the
+plain path's numbers. Each matrix is read once per token in one pass, split over the threads in tiles of
+OFFSET_TILE rows; the projections that read the same layer input (f, i, g; gate and up, stored as one matrix) are
+one ``prange`` over their concatenated rows, so a layer is four passes, the head a fifth. Every buffer a kernel
+writes is allocated once, by the caller (``fast/decode.py``'s ``DecodePlan``).
 """
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
@@ -32,7 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fused import _sigmoid_from_e, bitlinear_front_row, rmsnorm_row
-from .ternary import BLOCK, ROWS_PER_TILE, _dot_packed_row
+from .ternary import BLOCK, OFFSET_TILE, offset_rows_scaled, offset_sum
 
 # rows of a layer's stacked (9, H) float vectors: gains and the lower bound
 ATTN_NORM, G_F, G_I, G_G, G_NORM, G_O, MLP_NORM, G_GATE, LB = range(9)
@@ -62,33 +69,38 @@ def _front_row(x, g, nC, c, n, a, a_bits, q):
 
 
 @njit(inline="always")
-def _tile(xq, codes, s_x, s_w, y, o0, nblocks):
-    """y[o] = ternary(xq, codes[o]) / (s_x s_w) for the 16 rows from o0 (the plain path's int32 sum, then rescale)."""
-    acc = np.zeros(32, np.int16)
-    den = s_x * s_w
-    for o in range(o0, min(o0 + ROWS_PER_TILE, codes.shape[0])):
-        y[o] = _dot_packed_row(xq, codes[o], nblocks, acc)    # int32 -> float: exact below 2**24, as astype
-        y[o] = y[o] / den
+def _tile(xq, sum_x, codes, s_x, s_w, y_int, y, t, nblocks):
+    """y[o] = float(ternary(xq, codes[o])) / (s_x s_w) for the OFFSET_TILE rows of tile t (the plain path's int32
+    sum, then one rescale). sum_x = offset_sum(xq); y_int (>= O,) int32 scratch."""
+    o0 = t * OFFSET_TILE
+    offset_rows_scaled(codes, o0, min(o0 + OFFSET_TILE, codes.shape[0]), xq, sum_x, nblocks, s_x * s_w, y_int, y)
+
+
+@njit(inline="always")
+def _ntiles(rows):
+    return (rows + OFFSET_TILE - 1) // OFFSET_TILE
 
 
 # ----------------------------------------------------------------------------- the four per-layer kernels and the head
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q, s, z, e):
-    """n1 = RMSNorm(x); z[k] = BitLinear_k(n1) for k = f, i, g (one prange over 3H rows); e = -|z_f|, -|z_i|.
+def k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q, s, yi, z, e):
+    """n1 = RMSNorm(x); z[k] = BitLinear_k(n1) for k = f, i, g (one prange over the 3H rows); e = -|z_f|, -|z_i|.
 
-    c: DecodeScalars; ws (4, H) scratch; q (3, 128 nb) int8.
+    c: DecodeScalars; ws (4, H) scratch; q (3, 128 nb) int8 (zero padding); s (3,) scratch; yi (3, H) int32 scratch.
     """
     H = x.shape[0]
     rmsnorm_row(x, V[ATTN_NORM], c.norm_eps, c.nH, c.one, ws[0], ws[1])
+    sums = np.empty(3, np.int32)
     for k in range(3):
         s[k] = _front_row(ws[1], V[G_F + k], c.nH, c, ws[2], ws[3], ws_bits[3], q[k])
-    ntiles = (H + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+        sums[k] = offset_sum(q[k])
+    nt = _ntiles(H)
     nb = q.shape[1] // BLOCK
-    for t in prange(3 * ntiles):
-        k = t // ntiles
+    for t in prange(3 * nt):
+        k = t // nt
         codes = cf if k == 0 else (ci if k == 1 else cg)
-        _tile(q[k], codes, s[k], sw[k], z[k], (t % ntiles) * ROWS_PER_TILE, nb)
+        _tile(q[k], sums[k], codes, s[k], sw[k], yi[k], z[k], t % nt, nb)
     for j in range(H):
         e[j] = -abs(z[0, j])
         e[H + j] = -abs(z[1, j])
@@ -112,33 +124,35 @@ def k2_scan(z, e, V, has_lb, h0, c, ws, h, gn, eh):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, c, ws, ws_bits, qh, r, y, eg):
-    """o = gn silu(h); r = x + BitLinear_o(o); y = BitLinear_gate(RMSNorm(r; mlp_norm)) (2I,); eg = -|y[:I]|."""
+def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, c, ws, ws_bits, qh, yi, r, y, eg):
+    """o = gn silu(h); r = x + BitLinear_o(o); y = BitLinear_gate(RMSNorm(r; mlp_norm)) (2I,); eg = -|y[:I]|.
+
+    yi (>= 2I,) int32 scratch."""
     H = x.shape[0]
     one = c.one
     o = ws[0]
     for j in range(H):
         o[j] = gn[j] * (h[j] * _sigmoid_from_e(h[j], eh[j], one))
     s_o = _front_row(o, V[G_O], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
-    ntiles = (H + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+    sum_o = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    for t in prange(ntiles):
-        _tile(qh, co, s_o, sw[3], r, t * ROWS_PER_TILE, nb)
+    for t in prange(_ntiles(H)):
+        _tile(qh, sum_o, co, s_o, sw[3], yi, r, t, nb)
     for j in range(H):
         r[j] = x[j] + r[j]                                                 # residual 1
     rmsnorm_row(r, V[MLP_NORM], c.norm_eps, c.nH, one, ws[0], ws[1])
     s_g = _front_row(ws[1], V[G_GATE], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
-    ntiles = (cgate.shape[0] + ROWS_PER_TILE - 1) // ROWS_PER_TILE
-    for t in prange(ntiles):
-        _tile(qh, cgate, s_g, sw[4], y, t * ROWS_PER_TILE, nb)
+    sum_g = offset_sum(qh)
+    for t in prange(_ntiles(cgate.shape[0])):
+        _tile(qh, sum_g, cgate, s_g, sw[4], yi, y, t, nb)
     I = y.shape[0] // 2
     for j in range(I):
         eg[j] = -abs(y[j])
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k4_down(r, y, eg, g_down, sw, cdown, c, wi, wi_bits, qi, out):
-    """a = silu(gate) up; out = r + BitLinear_down(a). wi (3, I) scratch, qi (128 nb_I,) int8."""
+def k4_down(r, y, eg, g_down, sw, cdown, c, wi, wi_bits, qi, yi, out):
+    """a = silu(gate) up; out = r + BitLinear_down(a). wi (3, I) scratch, qi (128 nb_I,) int8, yi (>= H,) int32."""
     one = c.one
     I = g_down.shape[0]
     a = wi[0]
@@ -146,21 +160,21 @@ def k4_down(r, y, eg, g_down, sw, cdown, c, wi, wi_bits, qi, out):
         g = y[j]
         a[j] = (g * _sigmoid_from_e(g, eg[j], one)) * y[I + j]
     s_d = _front_row(a, g_down, c.nI, c, wi[1], wi[2], wi_bits[2], qi)
+    sum_d = offset_sum(qi)
     H = out.shape[0]
-    ntiles = (H + ROWS_PER_TILE - 1) // ROWS_PER_TILE
     nb = qi.shape[0] // BLOCK
-    for t in prange(ntiles):
-        _tile(qi, cdown, s_d, sw[5], out, t * ROWS_PER_TILE, nb)
+    for t in prange(_ntiles(H)):
+        _tile(qi, sum_d, cdown, s_d, sw[5], yi, out, t, nb)
     for j in range(H):
         out[j] = r[j] + out[j]                                             # residual 2
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k_head(x, w_norm, g_head, s_w, codes, c, ws, ws_bits, qh, logits):
-    """logits = BitLinear_head(RMSNorm(x; norm))."""
+def k_head(x, w_norm, g_head, s_w, codes, c, ws, ws_bits, qh, yi, logits):
+    """logits = BitLinear_head(RMSNorm(x; norm)). yi (>= V,) int32 scratch."""
     rmsnorm_row(x, w_norm, c.norm_eps, c.nH, c.one, ws[0], ws[1])
     s = _front_row(ws[1], g_head, c.nH, c, ws[2], ws[3], ws_bits[3], qh)
-    ntiles = (codes.shape[0] + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+    sum_x = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    for t in prange(ntiles):
-        _tile(qh, codes, s, s_w, logits, t * ROWS_PER_TILE, nb)
+    for t in prange(_ntiles(codes.shape[0])):
+        _tile(qh, sum_x, codes, s, s_w, yi, logits, t, nb)
