@@ -23,7 +23,7 @@ from .. import bitlinear, packed, quant, validate
 from ..bitlinear import PackedBitLinear
 from ..kernels import fused
 from ..kernels.decode import (ATTN_NORM, G_F, G_G, G_GATE, G_I, G_NORM, G_O, LB, MLP_NORM, N_VECS, DecodeScalars,
-                              k1_projections, k2_scan, k3_output_and_gate, k4_down, k_head)
+                              k1_projections, k2_scan, k3_output_and_gate, k4_down_and_head, k4_down_and_projections)
 from ..kernels.ternary import BLOCK, OffsetPacked, ParallelGuard, PackedTernary, _n_blocks, offset_from_packed
 from ..mlgru import lower_bounds_forward
 
@@ -66,13 +66,15 @@ class DecodePlan:
             if has_lb:
                 V[LB] = lb[l]
             sw = np.array([pb.s_w for pb in projs], dt)                  # float(s_w) -> dtype, as the plain path
-            codes = tuple(offset_codes(pb) for pb in projs)
+            codes = [offset_codes(pb) for pb in projs]
+            codes = [np.concatenate(codes[:3])] + codes[3:]             # f, i, g: one (3H, .) matrix
             self.layers.append((V, sw, codes, has_lb, np.ascontiguousarray(m["down_proj"].g, dt)))
         head = params["lm_head"]
         self.norm = np.ascontiguousarray(params["norm"], dt)
         self.head_g = np.ascontiguousarray(head.g, dt)
         self.head_sw = ft(head.s_w)
         self.head_codes = offset_codes(head)
+        self._one_buffer()
         self.I = I = params["layers"][0]["mlp"]["down_proj"].g.shape[0]
         self.H, self.V = H, config.vocab_size
         bits = np.int32 if dt == np.float32 else np.int64
@@ -85,6 +87,7 @@ class DecodePlan:
         self.yi = np.zeros(max(3 * H, 2 * I, self.V), np.int32)          # int32 sums
         self.yi3 = self.yi[:3 * H].reshape(3, H)
         self.s3 = np.empty(3, dt)
+        self.si = np.zeros(3, np.int32)                                  # sum_i q_i of the rows being multiplied
         self.z = np.empty((3, H), dt)
         self.e = np.empty(2 * H, dt)
         self.gn, self.r = np.empty(H, dt), np.empty(H, dt)
@@ -92,9 +95,26 @@ class DecodePlan:
         self.y = np.empty(2 * I, dt)
         self.eg = np.empty(I, dt)
         self.guard = ParallelGuard(probe=GUARD_PROBE)
-        self.scalars = DecodeScalars(norm_eps=ft(config.rms_norm_eps), bitlinear_eps=ft(bitlinear.BITLINEAR_EPS),
+        self.scalars = c = DecodeScalars(norm_eps=ft(config.rms_norm_eps), bitlinear_eps=ft(bitlinear.BITLINEAR_EPS),
                                      nH=ft(H), nI=ft(self.I), qmax=ft(quant.ACT_QMAX), act_eps=ft(quant.ACT_EPS),
                                      half=ft(0.5), one=ft(1))
+        self.cs = np.array(c, dt)                                        # the scalars as the kernels take them
+
+    def _one_buffer(self) -> None:
+        """Move every code matrix into one uint8 buffer, in the order a step reads them (layer by layer: f/i/g, o,
+        gate/up, down; then the head), each matrix a C-contiguous view of it."""
+        mats = [m for _, _, codes, _, _ in self.layers for m in codes] + [self.head_codes]
+        buf = np.empty(sum(m.nbytes for m in mats), np.uint8)
+        views, at = [], 0
+        for m in mats:
+            v = buf[at:at + m.nbytes].reshape(m.shape)
+            v[...] = m
+            views.append(v)
+            at += m.nbytes
+        for l, (V, sw, _, has_lb, g_down) in enumerate(self.layers):
+            self.layers[l] = (V, sw, tuple(views[4 * l:4 * l + 4]), has_lb, g_down)
+        self.head_codes = views[-1]
+        self.codes = buf
 
 
 def plan_for(model) -> DecodePlan:
@@ -110,24 +130,31 @@ def step_arrays(plan: DecodePlan, x: np.ndarray, hs) -> tuple[np.ndarray, np.nda
 
     (The inputs are not changed; the logits and the new states are fresh arrays, everything else is the plan's.)
     """
-    c, ws, ws_bits, q3, yi, z, e, r, y, eg = (plan.scalars, plan.ws, plan.ws_bits, plan.q3, plan.yi, plan.z, plan.e,
-                                              plan.r, plan.y, plan.eg)
-    H = plan.H
+    p = plan
+    cs, ws, ws_bits, q3, si, yi, yi3, z, e, r, y, eg = (p.cs, p.ws, p.ws_bits, p.q3, p.si, p.yi, p.yi3, p.z, p.e,
+                                                        p.r, p.y, p.eg)
+    H, L = p.H, len(p.layers)
     eH, qh = e[:H], q3[0]
-    new_h = np.empty((len(plan.layers), H), plan.dtype)
-    for l, (V, sw, codes, has_lb, g_down) in enumerate(plan.layers):
-        cf, ci, cg, co, cgate, cdown = codes
-        k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q3, plan.s3, plan.yi3, z, e)
+    new_h = np.empty((L, H), p.dtype)
+    logits = np.empty(p.V, p.dtype)
+    V, sw, (cfig, co, cgate, cdown), has_lb, g_down = p.layers[0]
+    k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q3, p.s3, si, yi3, z, e)
+    for l in range(L):
         np.exp(e, out=e)
         h = new_h[l]
-        k2_scan(z, e, V, has_lb, hs[l], c, ws, h, plan.gn, eH)
+        k2_scan(z, e, V, has_lb, hs[l], cs, ws, h, p.gn, eH)
         np.exp(eH, out=eH)
-        k3_output_and_gate(x, h, eH, plan.gn, V, sw, co, cgate, c, ws, ws_bits, qh, yi, r, y, eg)
+        k3_output_and_gate(x, h, eH, p.gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg)
         np.exp(eg, out=eg)
-        x = plan.x[l % 2]
-        k4_down(r, y, eg, g_down, sw, cdown, c, plan.wi, plan.wi_bits, plan.qi, yi, x)
-    logits = np.empty(plan.V, plan.dtype)
-    k_head(x, plan.norm, plan.head_g, plan.head_sw, plan.head_codes, c, ws, ws_bits, qh, yi, logits)
+        x = p.x[l % 2]
+        if l + 1 < L:                                  # this layer's down projection, then the next layer's f, i, g
+            V2, sw2, (cfig2, co2, cgate2, cdown2), has_lb2, g_down2 = p.layers[l + 1]
+            k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, p.wi, p.wi_bits, p.qi, si, yi, x,
+                                    V2, sw2, cfig2, ws, ws_bits, q3, p.s3, yi3, z, e)
+            V, sw, co, cgate, cdown, has_lb, g_down = V2, sw2, co2, cgate2, cdown2, has_lb2, g_down2
+        else:                                          # the last layer's down projection, then the head
+            k4_down_and_head(r, y, eg, g_down, sw, cdown, cs, p.wi, p.wi_bits, p.qi, si, yi, x,
+                             p.norm, p.head_g, p.head_sw, p.head_codes, ws, ws_bits, qh, logits)
     return logits, new_h
 
 
