@@ -9,7 +9,7 @@ float32/float64, run the plain step (``packed.packed_step``).
 Two threads must never be slower than one: on a machine where another process keeps a core busy, every parallel
 region waits for a descheduled thread. So a step with more than one Numba thread available asks the plan's
 ``ParallelGuard`` (``kernels/ternary.py``) whether to run on all of them or on the calling thread alone; the guard
-times both and keeps the faster, trying the other now and then (every ``GUARD_PROBE`` steps).
+times both and keeps the faster, trying the other now and then (``StepGuard``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,25 @@ from ..kernels.ternary import BLOCK, OffsetPacked, ParallelGuard, PackedTernary,
 from ..mlgru import lower_bounds_forward
 
 
-GUARD_PROBE = 64  # steps between two tries of the form (1 thread or all) the guard is not using
+PROBE_COST = 0.02  # at most this fraction of the time goes to trying the form (1 thread or all) not in use
+
+
+class StepGuard(ParallelGuard):
+    """``ParallelGuard`` with the try of the other form spaced by what it costs: when the other form is r times
+    slower, it is tried every (r - 1) / PROBE_COST steps (at least every 16, at most every 1024), so trying it costs
+    about PROBE_COST of the time. (Under a busy core a 2-thread step can be 15x slower than a 1-thread one: tried
+    every 16 steps it would cost a fifth of the time.)"""
+
+    def __init__(self):
+        super().__init__(window=5, probe=16)
+
+    def choose(self, key) -> bool:
+        st = self._state.get(key)
+        if st is not None and len(st[0]) >= 2 and len(st[1]) >= 2:
+            serial, parallel = (sorted(t)[len(t) // 2] for t in st[:2])
+            ratio = max(serial, parallel) / max(min(serial, parallel), 1e-9)
+            self.probe = int(min(1024, max(16, (ratio - 1) / PROBE_COST)))
+        return super().choose(key)
 
 
 def offset_codes(pb: PackedBitLinear) -> np.ndarray:
@@ -94,7 +112,7 @@ class DecodePlan:
         self.x = np.empty((2, H), dt)                                    # the residual stream, layer to layer
         self.y = np.empty(2 * I, dt)
         self.eg = np.empty(I, dt)
-        self.guard = ParallelGuard(probe=GUARD_PROBE)
+        self.guard = StepGuard()
         self.scalars = c = DecodeScalars(norm_eps=ft(config.rms_norm_eps), bitlinear_eps=ft(bitlinear.BITLINEAR_EPS),
                                      nH=ft(H), nI=ft(self.I), qmax=ft(quant.ACT_QMAX), act_eps=ft(quant.ACT_EPS),
                                      half=ft(0.5), one=ft(1))
