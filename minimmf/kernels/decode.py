@@ -1,7 +1,7 @@
 """Decode kernels: one packed-model step for one token in three Numba calls per layer instead of ~40 NumPy calls.
 
 Why this file exists: at batch 1 the packed step of the 370M model spent about half its time outside the ternary
-kernel, in Python/NumPy dispatch on (1, 1, H) arrays (≈ 170 BitLinear calls and their RMSNorms, gates, scan step
+kernel, in Python/NumPy dispatch on (1, 1, H) arrays (≈ 145 BitLinear calls at the 370M shape and their RMSNorms, gates, scan step
 and residuals, a few µs each; ``benchmarks/README.md``). The readable specification is the packed model's plain
 step — ``model_forward`` with ``bitlinear_packed_forward`` — and these kernels do the SAME arithmetic in the SAME
 order, so they give the same bits (``tests/test_kernels_decode.py``). The step that calls them, with its plan of
