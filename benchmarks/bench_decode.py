@@ -9,6 +9,8 @@ For each shape (random weights rounded to bf16, as a bf16 checkpoint would load;
     prefill tokens/s     a 512-token prompt in one call, packed vs float
     memory               resident bytes of the packed model vs the float32 model
     threads              all of the above at 1 and 2 threads (Numba and OpenBLAS pools set together)
+    background load      with --background-load, packed decode again at each thread count while a process this
+                         script starts keeps one core busy (a busy loop; stopped right after)
 
 Run from the repository root:  python benchmarks/bench_decode.py [--json PATH] [--shapes 370m 1.3b]
 Medians of several repeats; the machine may be shared, so the load average is printed at start and end, and
@@ -26,6 +28,7 @@ if "--omp-passive" in sys.argv:                            # before the OpenMP r
 import argparse                                            # noqa: E402
 import json                                                # noqa: E402
 import platform                                            # noqa: E402
+import subprocess                                          # noqa: E402
 import time                                                # noqa: E402
 
 import numba                                               # noqa: E402
@@ -145,7 +148,21 @@ def prefill_rate(model, repeats: int) -> float:
     return PREFILL_T / median_time(lambda: model.prefill(ids), repeats)
 
 
-def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool) -> dict:
+class BackgroundLoad:
+    """A second process keeping one core busy (a busy loop) while the block runs."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)                                        # let it start and take its core
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool, packed_only: bool = False,
+                background: bool = False) -> dict:
     """Every measurement for one shape. ``bw`` {threads: copy bandwidth} is updated with fresh samples
     (the bound uses the best sample: other processes can only make a copy slower, not faster)."""
     t0 = time.perf_counter()
@@ -166,29 +183,38 @@ def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool) ->
     a, b = model.forward(ids), packed.forward(ids)
     r["max_abs_logit_diff_packed_vs_float"] = float(np.abs(a - b).max())
     r["load_avg"] = os.getloadavg()[0]
+    n_decode = 8 if quick else (32 if big else 64)
     for n in threads:
         set_threads(n)
         bw[n] = max(bw[n], copy_bandwidth(repeats=5))
-        t = {"decode_packed": decode_rate(packed, 8 if quick else (16 if big else 32)),
-             "decode_float": decode_rate(model, 1 if big else 2, repeats=2 if big else 3, warmup=1),
-             "decode_float_floor": float_floor_rate(model)}
-        if not (big and n != min(threads)):                    # 1.3B prefill: one thread count (time budget)
-            t["prefill_packed"] = prefill_rate(packed, 1 if (quick or big) else 2)
-            t["prefill_float"] = prefill_rate(model, 1 if (quick or big) else 2)
+        t = {"decode_packed": decode_rate(packed, n_decode, repeats=5)}
+        if not packed_only:
+            t["decode_float"] = decode_rate(model, 1 if big else 2, repeats=2 if big else 3, warmup=1)
+            t["decode_float_floor"] = float_floor_rate(model)
+            if not (big and n != min(threads)):                # 1.3B prefill: one thread count (time budget)
+                t["prefill_packed"] = prefill_rate(packed, 1 if (quick or big) else 2)
+                t["prefill_float"] = prefill_rate(model, 1 if (quick or big) else 2)
         r["threads"][n] = t
+    if background:
+        for n in threads:
+            set_threads(n)
+            with BackgroundLoad():
+                r["threads"][n]["decode_packed_loaded"] = decode_rate(packed, n_decode, repeats=5)
+                r["threads"][n]["load_avg_loaded"] = os.getloadavg()[0]
     for n, t in r["threads"].items():                          # bounds with the best bandwidth seen
         t["copy_bandwidth"] = bw[n]
         for kind in ("packed", "fp32"):
             bound = bw[n] / r[f"bytes_per_token_{kind}"]
             t[f"bound_{kind}"] = bound
         t["fraction_of_bound_packed"] = t["decode_packed"] / t["bound_packed"]
-        t["fraction_of_bound_float_floor"] = t["decode_float_floor"] / t["bound_fp32"]
-        t["speedup_vs_float_step"] = t["decode_packed"] / t["decode_float"]
-        t["speedup_vs_float_floor"] = t["decode_packed"] / t["decode_float_floor"]
+        if "decode_float" in t:
+            t["fraction_of_bound_float_floor"] = t["decode_float_floor"] / t["bound_fp32"]
+            t["speedup_vs_float_step"] = t["decode_packed"] / t["decode_float"]
+            t["speedup_vs_float_floor"] = t["decode_packed"] / t["decode_float_floor"]
     set_threads(max(threads))
     r["tuned_threads"] = packed.tune_threads(n_tokens=4, candidates=threads)
     set_threads(r["tuned_threads"])                            # OpenBLAS too, as in the rows above
-    r["decode_packed_tuned"] = decode_rate(packed, 8 if quick else (16 if big else 32))
+    r["decode_packed_tuned"] = decode_rate(packed, n_decode)
     return r
 
 
@@ -209,6 +235,24 @@ def report(res: dict) -> str:
         out.append(f"bytes read per token: packed {fmt_bytes(r['bytes_per_token_packed'])}, "
                    f"fp32 {fmt_bytes(r['bytes_per_token_fp32'])}; max |logit diff| packed vs float on 5 tokens: "
                    f"{r['max_abs_logit_diff_packed_vs_float']:.2e}")
+        if "decode_float" not in next(iter(r["threads"].values())):   # --packed-only
+            loaded = "decode_packed_loaded" in next(iter(r["threads"].values()))
+            out.append("\n| threads | packed step tok/s | packed bound tok/s | packed % of bound | copy bw GB/s"
+                       + (" | with one core busy: tok/s | % of bound | load avg |" if loaded else " |"))
+            out.append("|" + "---|" * (8 if loaded else 5))
+            for n, t in r["threads"].items():
+                out.append(f"| {n} | {t['decode_packed']:.1f} | {t['bound_packed']:.0f} "
+                           f"| {100 * t['fraction_of_bound_packed']:.0f}% | {t['copy_bandwidth'] / 1e9:.1f} |"
+                           + (f" {t['decode_packed_loaded']:.1f} | {100 * t['decode_packed_loaded'] / t['bound_packed']:.0f}%"
+                              f" | {t['load_avg_loaded']:.2f} |" if loaded else ""))
+            out.append(f"\npacked.tune_threads() chose {r['tuned_threads']} thread(s): "
+                       f"{r['decode_packed_tuned']:.1f} tok/s")
+            if len(r["threads"]) == 2:
+                t1, t2 = r["threads"][1], r["threads"][2]
+                out.append(f"\n2 threads ÷ 1 thread: packed decode {t2['decode_packed'] / t1['decode_packed']:.2f}×"
+                           + (f", with one core busy {t2['decode_packed_loaded'] / t1['decode_packed_loaded']:.2f}×"
+                              if loaded else ""))
+            continue
         out.append("\n| threads | packed step tok/s | float32 step tok/s | float32 W@x floor tok/s | packed ÷ float step "
                    "| packed ÷ floor | packed bound tok/s | packed % of bound | floor % of fp32 bound "
                    f"| prefill {PREFILL_T} packed tok/s | prefill float tok/s |")
@@ -238,6 +282,10 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=DEFAULT_SHAPES)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke test)")
+    ap.add_argument("--packed-only", action="store_true",
+                    help="packed decode and its bound only (no float32 step, float floor or prefill)")
+    ap.add_argument("--background-load", action="store_true",
+                    help="also time packed decode while a busy-loop process started here keeps one core busy")
     ap.add_argument("--omp-passive", action="store_true",
                     help="set OMP_WAIT_POLICY=passive (idle Numba OpenMP workers sleep instead of spinning)")
     args = ap.parse_args(argv)
@@ -261,7 +309,8 @@ def main(argv=None) -> int:
     print("copy bandwidth (read + write, 256 MiB, Numba prange): " + ", ".join(
         f"{n} thread{'s' if n > 1 else ''} {bw / 1e9:.1f} GB/s" for n, bw in res["copy_bandwidth"].items()))
     for name in args.shapes:
-        r = bench_shape(name, SHAPES[name], args.threads, res["copy_bandwidth"], args.quick)
+        r = bench_shape(name, SHAPES[name], args.threads, res["copy_bandwidth"], args.quick, args.packed_only,
+                        args.background_load)
         res["shapes"].append(r)
         print(report({"shapes": [r]}), flush=True)
     res["load_avg_end"] = os.getloadavg()[0]

@@ -1,9 +1,12 @@
 """Benchmark minimmf's kernels against NumPy/BLAS, side by side in one run (see benchmarks/README.md).
 
-    python benchmarks/bench_kernels.py [--json PATH] [--only decode training scan compile]
+    python benchmarks/bench_kernels.py [--json PATH] [--only decode load training scan compile]
 
 1. decode: packed ternary matvec (N = 1) vs NumPy float32 matvec of the same matrix, hot and from DRAM,
    with 1 and 2 threads; and a thread sweep checking that 2 threads are never slower than 1.
+1c. load: offset_matmul at 1 and 2 threads, and guarded by ParallelGuard, for each threading strategy (Numba's
+   omp layer, omp with OMP_WAIT_POLICY=passive, the workqueue layer), on a quiet machine and while a busy-loop
+   subprocess started by the benchmark keeps one core busy.
 2. training shapes (N = 4096 tokens): ternary_matmul vs BLAS on the dequantized float32 matrix, and
    float_ternary_matmul vs BLAS dy @ q_w.
 3. MLGRU scan (B, T, D) = (8, 256, 512) float32: Numba vs the NumPy loop, and kernel time / time to stream
@@ -168,6 +171,62 @@ def bench_decode():
     RESULTS["decode_threads"] = sweep
 
 
+# ---------------------------------------------------------------- 1c. two threads with a background load
+
+LOAD_SHAPES = [(1024, 1024), (2816, 1024), (5632, 2048)]
+LOAD_STRATEGIES = {  # name -> environment of the measuring process (set before Numba is imported)
+    "omp (default)": {},
+    "omp, OMP_WAIT_POLICY=passive": {"OMP_WAIT_POLICY": "passive"},
+    "workqueue": {"NUMBA_THREADING_LAYER": "workqueue"},
+}
+
+
+def load_child(repeats):
+    """(In a child process.) Median time of offset_matmul per shape at 1 and 2 threads, and of the guarded call."""
+    from minimmf.kernels.ternary import ParallelGuard, offset_matmul, pack_offset
+
+    rng = np.random.default_rng(5)
+    res = []
+    for O, I in LOAD_SHAPES:
+        p = pack_offset(rng.integers(-1, 2, size=(O, I), dtype=np.int8))
+        q_x = rng.integers(-128, 128, size=(1, I), dtype=np.int8)
+        t = {}
+        for nt in (1, 2):
+            set_threads(nt)
+            t[nt] = median_time(lambda: offset_matmul(q_x, p, parallel=nt > 1), repeats=repeats)
+        guard = ParallelGuard()
+        t["guard"] = median_time(lambda: guard.call(offset_matmul, q_x, p), repeats=repeats)
+        res.append(dict(O=O, I=I, t1_s=t[1], t2_s=t[2], guard_s=t["guard"], layer=numba.threading_layer(),
+                        guard_parallel_share=guard.parallel_share()))
+    print(json.dumps(res))
+
+
+def bench_load(repeats=400):
+    """1 vs 2 threads (and the guarded choice) for each threading strategy, quiet and with one busy core."""
+    rows, out = [], []
+    for busy in (False, True):
+        for name, env in LOAD_STRATEGIES.items():
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            try:
+                time.sleep(0.3 if busy else 0)
+                child = subprocess.run([sys.executable, __file__, "--load-child", str(repeats)], check=True,
+                                       capture_output=True, text=True, env={**os.environ, **env})
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
+            for r in json.loads(child.stdout.strip().splitlines()[-1]):
+                r.update(strategy=name, busy_core=busy)
+                out.append(r)
+                rows.append([name, "yes" if busy else "no", f"{r['O']}×{r['I']}", us(r["t1_s"]), us(r["t2_s"]),
+                             f"{r['t1_s'] / r['t2_s']:.2f}×", us(r["guard_s"]), f"{r['t1_s'] / r['guard_s']:.2f}×",
+                             f"{r['guard_parallel_share']:.0%}"])
+    table("1c. offset_matmul, 1 vs 2 threads, with and without a busy-loop process on the machine",
+          ["threading", "busy core", "out×in", "1 thread", "2 threads", "speedup", "guarded (2 allowed)",
+           "guarded speedup", "calls run in parallel"], rows)
+    RESULTS["load"] = out
+
+
 # ---------------------------------------------------------------- 2. training shapes
 
 def bench_training():
@@ -291,9 +350,12 @@ def bench_compile():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
-    ap.add_argument("--only", nargs="+", choices=["decode", "training", "scan", "compile"],
+    ap.add_argument("--only", nargs="+", choices=["decode", "load", "training", "scan", "compile"],
                     help="run only these sections (default: all)")
+    ap.add_argument("--load-child", type=int, metavar="REPEATS", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.load_child:
+        return load_child(args.load_child)
     info = header()
     t0 = time.perf_counter()
     ternary_matmul(np.ones((8, 1024), np.int8), pack_ternary(np.ones((1024, 1024), np.int8)))  # parallel path
@@ -301,7 +363,7 @@ def main():
     print("# minimmf kernel benchmark\n")
     for k, v in info.items():
         print(f"- {k}: {v}")
-    sections = {"decode": bench_decode, "training": bench_training, "scan": bench_scan, "compile": bench_compile}
+    sections = {"decode": bench_decode, "load": bench_load, "training": bench_training, "scan": bench_scan, "compile": bench_compile}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
             fn()

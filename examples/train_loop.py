@@ -15,20 +15,20 @@ from minimmf.data import sample_batch
 from minimmf.demo import own_source_bytes
 from minimmf.generate import generate
 from minimmf.optim import AdamW, clip_grads
-from minimmf.train import TrainConfig, learning_rate
+from minimmf.schedule import Schedule, learning_rate
 
 
 def main(steps: int) -> float:
     data = own_source_bytes().astype(np.int64)
     config = minimmf.MMfreeConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, intermediate_size=128)
     model = minimmf.MMfreeLM.init(config, seed=0)
-    schedule = TrainConfig(lr=4e-3, warmup_steps=max(1, steps // 10), steps=steps)
+    schedule = Schedule(lr=4e-3, warmup_steps=max(1, steps // 10))           # warm-up, cosine, halved midway
     opt, rng = AdamW(lr=schedule.lr, weight_decay=0.01), np.random.default_rng(0)
     for step in range(1, steps + 1):
         batch = sample_batch(data, batch_size=8, seq_len=64, rng=rng)          # (8, 65) byte ids
         loss, grads = model.loss_and_grads(batch, batch)                       # position t predicts t + 1
         grads, norm = clip_grads(grads, 1.0)
-        opt.step(model.params, grads, lr=learning_rate(step, step / steps, schedule))
+        opt.step(model.params, grads, lr=learning_rate(step, (step - 1) / steps, schedule))
         if step % max(1, steps // 5) == 0 or step == 1:
             print(f"step {step:4d}  loss {loss:.3f} nats/byte  ({loss / math.log(2):.2f} bits/byte)")
     prompt = np.frombuffer(b"def ", np.uint8)

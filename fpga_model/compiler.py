@@ -23,6 +23,8 @@ scale s_x s_w applied in the copy-out of the last):
     tmatmul y_r, q_0, W[r,0], s0, hold;  ...;  tmatmul y_r, q_last, W[r,last], s, acc
 
 The hidden size must be a multiple of D; I and V are padded to whole tiles.
+
+Taught in chapter 12 (``chapters/12-fpga-compiling-and-stepping.md``).
 """
 from __future__ import annotations
 

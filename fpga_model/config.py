@@ -7,10 +7,13 @@ authors' notes on ``sifferman/ternip`` (see ../shared/FPGA.md: those numbers are
 
 Where a number comes from is said next to it: *quoted* (paper or FPGA.md), *derived* (from quoted numbers),
 or *assumed* (a modelling choice of this simulator).
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -29,12 +32,13 @@ class CoreConfig:
     port_bytes: int             # bytes per beat per channel
     burst_beats: int            # beats per read/write request
     outstanding: int            # requests in flight at once
-    read_latency: int           # cycles from a read request to its first beat (Lr)
-    write_latency: int          # cycles from a write request to its acknowledgement (Lw)
+    read_latency: int           # Lr >= 1: a read requested in cycle t is answered (first beat) in cycle t + Lr
+    write_latency: int          # Lw >= 1: a write requested in cycle t is acknowledged in cycle t + Lw
     efficiency: float           # fraction of peak the memory delivers: one beat every 1/efficiency cycles
     channels: int               # memory channels, striped: each beat moves channels * port_bytes bytes
     # --- power (for the energy estimate; see report.py)
     board_power_w: float        # board power while the core runs
+    instruction_memory: int = 1 << 20   # instructions the program memory holds
     notes: str = ""
 
     @property
@@ -54,7 +58,7 @@ class CoreConfig:
     def sustained_read_bandwidth(self) -> float:
         """Bytes per second of a long read stream: limited by latency x outstanding, bursts and efficiency."""
         req = self.beat_bytes * self.burst_beats
-        per_request = max((self.read_latency + 1 + (self.burst_beats - 1) * self.beat_cycles) / self.outstanding,
+        per_request = max((self.read_latency + (self.burst_beats - 1) * self.beat_cycles) / self.outstanding,
                           self.burst_beats * self.beat_cycles)
         return req / per_request * self.clock_hz
 
@@ -63,12 +67,19 @@ class CoreConfig:
 
     def __post_init__(self):
         for f in ("D", "tmatmul_parallelism", "rowwise_lanes", "fifo_bytes", "lanes", "port_bytes",
-                  "burst_beats", "outstanding", "channels"):
+                  "burst_beats", "outstanding", "channels", "read_latency", "write_latency",
+                  "instruction_memory"):
             v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"config {self.name}: {f} must be a positive integer, got {v!r}")
-        if self.read_latency < 0 or self.write_latency < 0:
-            raise ValueError(f"config {self.name}: latencies must be >= 0")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"config {self.name}: {f} must be a positive integer (cycles or a count), "
+                                 f"got {v!r}")
+        for f in ("clock_hz", "efficiency"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"config {self.name}: {f} must be a finite number > 0, got {v!r}")
+        v = self.board_power_w
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"config {self.name}: board_power_w must be a finite number >= 0, got {v!r}")
         if not 0 < self.efficiency <= 1 or abs(1 / self.efficiency - round(1 / self.efficiency)) > 1e-9:
             raise ValueError(f"config {self.name}: efficiency must be 1/k for an integer k, got {self.efficiency}")
         if self.number_format not in ("q4.3", "faithful"):
@@ -76,8 +87,9 @@ class CoreConfig:
         if self.fifo_bytes < self.beat_bytes * self.burst_beats:
             raise ValueError(f"config {self.name}: the FIFO ({self.fifo_bytes} B) must hold one request "
                              f"({self.beat_bytes * self.burst_beats} B)")
-        if self.D % 2 or self.D < 2:
-            raise ValueError(f"config {self.name}: D must be even (4 weights per byte), got {self.D}")
+        if self.D % 4:
+            raise ValueError(f"config {self.name}: D must be a positive multiple of 4 (4 weights per byte), "
+                             f"got {self.D}")
 
 
 CONFIGS = {
@@ -93,11 +105,14 @@ CONFIGS = {
         port_bytes=1,               # quoted: "receives 8 bits at a time from memory"
         burst_beats=1,              # quoted (RTL): burst 1
         outstanding=1,              # quoted (RTL): one pending read
-        read_latency=12,            # derived: 43 ms at 60 MHz for three 512x512 tiles => Lr ~ 12 (figures.py)
+        read_latency=12,            # derived: the paper's 29-instruction program takes 43 ms at 60 MHz when
+                                    # Lr = 12 (figures.py; the RTL under Verilator: 43.73 ms)
         write_latency=12,           # assumed: as reads
         efficiency=1.0,             # assumed: the latency already covers the port's slowness
         channels=1,
         board_power_w=13.0,         # quoted: "13 W" (abstract); applied to this core as an assumption
+        instruction_memory=1 << 20,  # extension: the 2024 RTL holds 29 (config_pkg.sv NumInstructions); a
+                                    # compiled MLGRU + GLU token needs thousands (cosim pads to 29)
         notes="the paper's 2024 core (public RTL Mattiwos/ternary_matmul_afu)",
     ),
     "scaled": CoreConfig(

@@ -6,6 +6,8 @@ Each figure is ``{"value", "unit", "config", "kind", "how"}`` where kind is
 - ``derived``: arithmetic on simulated or quoted numbers (the formula is in ``how``);
 - ``quoted``: from the paper (arXiv 2406.02528) or, for the successor, a claim from the authors' notes
   on ``sifferman/ternip`` (see ../shared/FPGA.md).
+
+Taught in chapter 13 (``chapters/13-fpga-where-the-cycles-go.md``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import functools
 from minimmf import MMfreeConfig
 
 from .config import get_config
-from .programs import time_rwkv_2024, time_token
+from .programs import time_paper_2024, time_rwkv_2024, time_token
 
 MODELS = {
     "370M": MMfreeConfig(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, intermediate_size=2816),
@@ -50,19 +52,26 @@ def _figures_2024_and_370m() -> dict:
     # -- 1. the 2024 program: 43 ms at d = 512, 60 MHz, 8-bit single-outstanding port
     F["paper_block_ms"] = fig(43.0, "ms", "D5005, d = 512, 60 MHz", "quoted",
                               "paper: 'completes a forward-pass of a block in 43 ms at d = 512 ... 60 MHz'")
-    sweep = {lr: time_rwkv_2024("rtl2024", read_latency=lr).cycles / rtl.clock_hz * 1e3 for lr in range(8, 17)}
+    sweep = {L: time_paper_2024("rtl2024", read_latency=L, write_latency=L).cycles / rtl.clock_hz * 1e3
+             for L in range(8, 17)}
     lr = min(sweep, key=lambda k: abs(sweep[k] - 43.0))
-    F["rwkv_2024_program_ms"] = fig(sweep[rtl.read_latency], "ms", f"rtl2024, D = 512, Lr = {rtl.read_latency}",
-                                    "simulated", f"{cmd}: the 29-instruction program (3 tmatmul of 512 x 512)")
+    F["paper_program_ms"] = fig(sweep[rtl.read_latency], "ms", f"rtl2024, D = 512, L = {rtl.read_latency}",
+                                "simulated", f"{cmd}: the 29-instruction program of the 2024 repository "
+                                "(3 tmatmul of 512 x 512), start -> ready; equal to the RTL under Verilator")
+    F["rwkv_2024_program_ms"] = fig(time_rwkv_2024("rtl2024").cycles / rtl.clock_hz * 1e3, "ms",
+                                    f"rtl2024, D = 512, L = {rtl.read_latency}", "simulated",
+                                    f"{cmd}: the reconstruction with the same instruction mix")
     F["implied_read_latency_cycles"] = fig(lr, "cycles", "rtl2024, D = 512", "simulated",
-                                           "the Lr in 8..16 whose simulated program time is closest to 43 ms: "
-                                           + ", ".join(f"{k}: {v:.1f} ms" for k, v in sweep.items()))
-    F["implied_read_latency_ns"] = fig(lr / rtl.clock_hz * 1e9, "ns", "rtl2024", "derived", "Lr / 60 MHz")
-    F["rtl2024_read_bandwidth_MBps"] = fig(rtl.clock_hz / (lr + 1) / 1e6, "MB/s", "rtl2024", "derived",
-                                           "one byte per Lr + 1 cycles at 60 MHz")
-    floor = time_rwkv_2024("rtl2024", read_latency=0).cycles / rtl.clock_hz * 1e3
-    F["compute_floor_ms"] = fig(floor, "ms", "rtl2024 with Lr = 0", "simulated",
-                                "the same program when memory is never the bottleneck (one MAC per cycle)")
+                                           "the L (reads and writes) in 8..16 whose simulated program time is "
+                                           "closest to 43 ms: " + ", ".join(f"{k}: {v:.2f} ms" for k, v in sweep.items()))
+    F["implied_read_latency_ns"] = fig(lr / rtl.clock_hz * 1e9, "ns", "rtl2024", "derived", "L / 60 MHz")
+    F["rtl2024_ldv_bandwidth_MBps"] = fig(rtl.clock_hz / lr / 1e6, "MB/s", "rtl2024", "derived",
+                                          "ldv / sv: one byte per L cycles at 60 MHz")
+    F["rtl2024_weight_bandwidth_MBps"] = fig(rtl.clock_hz / (lr + 1) / 1e6, "MB/s", "rtl2024", "derived",
+                                             "tmatmul's weight reader: one byte per L + 1 cycles at 60 MHz")
+    floor = time_paper_2024("rtl2024", read_latency=1, write_latency=1).cycles / rtl.clock_hz * 1e3
+    F["compute_floor_ms"] = fig(floor, "ms", "rtl2024 with L = 1 (reads and writes)", "simulated",
+                                "the same program with the fastest memory the design can use (one MAC per cycle)")
     F["compute_floor_ms_derived"] = fig(3 * 512 * 512 / rtl.clock_hz * 1e3, "ms", "rtl2024", "derived",
                                         "3 x 512^2 ternary MACs at one per cycle, 60 MHz")
 
@@ -75,7 +84,7 @@ def _figures_2024_and_370m() -> dict:
     F["mlgru_glu_block_d512_tmatmul_share"] = fig(s.unit_busy["tmatmul"] / s.cycles, "fraction", "rtl2024",
                                                   "simulated", "tmatmul busy cycles / all cycles")
 
-    # -- 3. the 370M model per token, rtl2024 (D = 1024, like the RTL's config_pkg) and scaled
+    # -- 3. the 370M model per token, rtl2024 (D = 1024, like the 2024 board build; rtl/ sets 512) and scaled
     s, c = time_token(MODELS["370M"], "rtl2024", D=1024)
     rtl_370 = rtl.clock_hz / s.cycles
     F["370M_rtl2024_s_per_token"] = fig(s.cycles / rtl.clock_hz, "s", "rtl2024, D = 1024, LM head on core",

@@ -14,6 +14,8 @@ quantization does not exist here: an activation already is an 8-bit code with th
 minimmf's order; ``quant`` is minimmf's absmax quantizer (round half away from zero); ``tmatmul`` adds and
 subtracts int8 codes into exact integer accumulators and its copy-out divides by the scale register in
 float32, ``acc / (s_x * s_w)`` -- so outputs equal minimmf's packed integer inference bit for bit.
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

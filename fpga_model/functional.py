@@ -8,6 +8,8 @@ exactly this state behind for any program: ``tests/test_fpga_core.py`` checks it
 The tmatmul here unpacks the whole tile and multiplies at once; the core instead accumulates in the order
 the weights stream out of its FIFO. Both call the format's ``tm_accumulate`` (formats.py), whose result does
 not depend on how the input rows are chunked.
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

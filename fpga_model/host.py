@@ -8,6 +8,8 @@ RMSNorm and the ternary LM head run on the host with minimmf's own functions (or
     sim = FPGASim(model, "rtl2024", number_format="faithful", D=64)
     logits = sim.step(token_id)                   # (V,) float32, like model.step
     tokens = sim.generate(prompt_ids, 20)         # greedy, like minimmf.generate(..., temperature=0)
+
+Taught in chapter 12 (``chapters/12-fpga-compiling-and-stepping.md``).
 """
 from __future__ import annotations
 

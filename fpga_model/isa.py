@@ -33,6 +33,8 @@ Extensions (not in the 2024 RTL; ``EXTENSIONS`` lists them): 8 scalar registers 
     quant vY, vA, sB         per-token absmax int8 codes of vA with scale sB        (fu 5, op 0)
     smul sY, sA, sB          scalar multiply                                        (fu 6, op 0)
     qscale sY, sA            sY = 127 / max(sA, 1e-5), the absmax scale             (fu 6, op 1)
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 
@@ -305,8 +307,8 @@ def assemble_one(line: str, tag: str = "") -> Instruction:
     line = re.split(r"[;#]", line, maxsplit=1)[0].strip()
     if not line:
         raise ISAError("empty line")
-    name, _, rest = line.partition(" ")
-    name = name.lower()
+    name, *rest = line.split(None, 1)              # any whitespace after the mnemonic (spaces or tabs)
+    name, rest = name.lower(), rest[0] if rest else ""
     if name not in OPS:
         raise ISAError(f"unknown instruction {name!r} in {src!r}; known: {', '.join(OPS)}")
     toks = [t.strip() for t in rest.split(",")] if rest.strip() else []

@@ -20,6 +20,8 @@ Two things live here:
    issued, the FIFO runs dry) and, once the pipeline reaches a steady state (the same FIFO level and the
    same requests in flight, relative to now, at two request issues), by skipping whole periods at once.
    ``tests/test_fpga_memory.py`` proves the two equal for every cycle.
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 
@@ -289,3 +291,86 @@ def simulate_stream_cycles(n_bytes: int, start: int, p: StreamParams) -> tuple[i
                 n_out += 1
                 requested += r
         t += 1
+
+
+def stream_requests(n_bytes: int, start: int, p: StreamParams) -> list[tuple[int, int, int]]:
+    """Every request of the stream, one cycle at a time (as ``simulate_stream_cycles``):
+    (cycle issued, cycle its last beat is usable, bytes). For waveforms; ``simulate_stream`` is the fast path."""
+    W = WEIGHTS_PER_BYTE
+    total, R = n_bytes * W, p.request_bytes
+    cap = None if p.fifo_bytes is None else p.fifo_bytes * W
+    t, fifo, consumed, requested = start, 0, 0, 0
+    inflight, inflight_w, n_out, bus_next = deque(), 0, 0, 0
+    out = []
+    while True:
+        while inflight and inflight[0][0] == t:
+            _, w, last = inflight.popleft()
+            fifo += w
+            inflight_w -= w
+            n_out -= last
+        pop = fifo if p.rate is None else min(fifo, p.rate)
+        fifo -= pop
+        consumed += pop
+        if consumed == total:
+            return out
+        if n_out < p.outstanding and requested < n_bytes:
+            r = min(R, n_bytes - requested)
+            if cap is None or fifo + inflight_w + r * W <= cap:
+                w, bus_next = _issue(t, r, p, inflight, bus_next)
+                out.append((t, inflight[-1][0], r))
+                inflight_w += w
+                n_out += 1
+                requested += r
+        t += 1
+
+
+def closed_form_end(n_bytes: int, start: int, p: StreamParams) -> int | None:
+    """The stream's last cycle without simulating it, for the 2024 port (1-byte beats, one request of one beat
+    outstanding, a beat every cycle); None for any other port. With a = latency + 1 cycles per byte and the
+    consumer popping ``rate`` weights per cycle (None: all at once), either every byte is consumed before the
+    next one arrives (memory bound) or, once the first byte is there, the FIFO never runs dry (compute bound):
+
+        end = max(start + n a + ceil(4 / rate) - 1,  start + a + ceil(4 n / rate) - 1)
+
+    ``tests/test_fpga_memory.py`` checks it against ``simulate_stream_cycles``."""
+    if (p.beat_bytes, p.burst_beats, p.outstanding, p.beat_cycles) != (1, 1, 1, 1):
+        return None
+    if p.fifo_bytes is not None and p.fifo_bytes < 8:
+        return None
+    a, W = p.latency + 1, WEIGHTS_PER_BYTE
+    if p.rate is None:
+        return start + n_bytes * a
+    return max(start + n_bytes * a + -(-W // p.rate) - 1, start + a + -(-W * n_bytes // p.rate) - 1)
+
+
+class LazyStream:
+    """A stream whose end is known in closed form; the cycle-by-cycle timeline is built only when asked for."""
+
+    def __init__(self, n_bytes: int, start: int, p: StreamParams, end: int):
+        self.n_bytes, self.start, self.params, self.end = n_bytes, start, p, end
+        self._full = None
+
+    @property
+    def total(self) -> int:
+        return self.n_bytes * WEIGHTS_PER_BYTE
+
+    def full(self) -> Stream:
+        if self._full is None:
+            self._full = simulate_stream(self.n_bytes, self.start, self.params)
+            if self._full.end != self.end:
+                raise AssertionError(f"closed-form stream end {self.end} != simulated {self._full.end}")
+        return self._full
+
+    def consumed_at(self, c: int) -> int:
+        return self.full().consumed_at(c)
+
+    def fifo_at(self, c: int) -> int:
+        return self.full().fifo_at(c)
+
+
+def stream(n_bytes: int, start: int, p: StreamParams):
+    """``simulate_stream``, or a ``LazyStream`` when the end has a closed form (the 2024 port)."""
+    if n_bytes <= 0:
+        raise SimError(f"a memory stream needs at least one byte, got {n_bytes}")
+    end = closed_form_end(n_bytes, start, p)
+    return simulate_stream(n_bytes, start, p) if end is None else LazyStream(n_bytes, start, p, end)

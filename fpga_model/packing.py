@@ -10,6 +10,8 @@ low pair is consumed first). A tile is D^2 / 4 bytes.
 
 A matrix larger than D x D is cut into tiles: output tile r, input tile c holds W[rD:(r+1)D, cD:(c+1)D],
 zero-padded; tiles are stored row of tiles after row of tiles (r major, c minor).
+
+Taught in chapter 11 (``chapters/11-fpga-the-core.md``).
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ never changed. This pass maps values to physical registers, in program order:
   constants are simply dropped and reloaded later;
 - among free registers, take the one idle longest: a register freed a moment ago may still be read by an
   instruction in flight, and the 2024 scoreboard would stall a new writer ("register in use").
+
+Taught in chapter 12 (``chapters/12-fpga-compiling-and-stepping.md``).
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ Every number carries its provenance:
 
 On-chip memory counts every RAM of the core in bits and in Stratix 10 M20K blocks (20 Kbit; the block is
 used as 512 x 40, 1K x 20 or 2K x 10, whichever needs fewest blocks).
+
+Taught in chapter 13 (``chapters/13-fpga-where-the-cycles-go.md``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from .core import Stats
 from .formats import get_format
 from .isa import UNITS
 
-M20K_BITS = 20480
 M20K_MODES = ((512, 40), (1024, 20), (2048, 10))
 
 
@@ -108,12 +109,6 @@ def summarize(stats: Stats, config: CoreConfig, number_format: str | None = None
                                         f"({'quoted' if config.name == 'rtl2024' else 'claim'}) x time / tokens"},
         "on_chip_memory": on_chip_memory(config, fmt, program_len, stats.max_rms_buffer),
     }
-
-
-def _fmt_n(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
 
 
 def text(rep: dict) -> str:

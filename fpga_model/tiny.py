@@ -8,13 +8,13 @@ once per process and returns the same model afterwards.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
 from minimmf import MMfreeConfig, MMfreeLM
 from minimmf.demo import own_source_bytes
 from minimmf.optim import AdamW, clip_grads
+from minimmf.schedule import Schedule, learning_rate
 
 TINY = MMfreeConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, intermediate_size=96)
 
@@ -31,7 +31,7 @@ def train_tiny_model(steps: int = 80, seed: int = 0, config: MMfreeConfig = TINY
         ids = np.stack([data[s:s + seq] for s in starts])
         _, grads = model.loss_and_grads(ids, ids)
         grads, _ = clip_grads(grads, 1.0)
-        opt.step(model.params, grads, lr=lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        opt.step(model.params, grads, lr=learning_rate(step, (step - 1) / steps, Schedule(lr)))
     return model
 
 

@@ -18,6 +18,8 @@ Backward (straight-through estimator: both quantizers act as the identity):
     dx, dg = RMSNorm backward of dn
 
 Parameters: ``p = {"W": (O, I), "g": (I,)}``.
+
+Taught in chapter 2 (``chapters/02-bitlinear-and-the-ste.md``).
 """
 from __future__ import annotations
 

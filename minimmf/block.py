@@ -41,7 +41,7 @@ def block_forward(x: np.ndarray, p: dict, lb: np.ndarray | None = None,
     n2, c_n2 = op.rmsnorm_forward(r, p["mlp_norm"], eps)
     m, c_mlp = op.glu_forward(n2, p["mlp"])
     out = r + m                                              # residual 2
-    return out, BlockCache(c_n1, c_attn, c_n2, c_mlp), c_attn.h[:, -1]
+    return out, BlockCache(c_n1, c_attn, c_n2, c_mlp), c_attn.h[:, -1].copy()   # a copy: frees h with the cache
 
 
 def block_backward(dout: np.ndarray, cache: BlockCache):

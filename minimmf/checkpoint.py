@@ -17,26 +17,28 @@ renamed into place (the previous checkpoint is moved aside first and deleted las
 any moment leaves either the old or the new checkpoint complete; ``load_checkpoint`` recovers
 the moved-aside one if the crash fell between the two renames. The manifest catches files that
 were truncated or changed later.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from .fileio import install_directory
-from .interop import from_reference, to_reference
+from . import validate
+from .architectures import architecture_of, architecture_of_config
+from .fileio import install_directory, recover_directory
 from .model import MMfreeLM
 from .optim import AdamW
-from .tree import leaves, tree_map
+from .tree import leaves, paths, tree_map
 
 CHECKPOINT_DIRNAME = "checkpoint"
 _ASIDE_PREFIX = ".checkpoint.old-"
@@ -71,13 +73,7 @@ def _aside_dirs(run_dir: Path) -> list[Path]:
 
 def _recover(run_dir: Path) -> None:
     """If a save was interrupted between its two renames, put the previous checkpoint back."""
-    target = run_dir / CHECKPOINT_DIRNAME
-    aside = _aside_dirs(run_dir)
-    if not target.exists() and aside:
-        os.replace(aside[-1], target)
-        aside = aside[:-1]
-    for old in aside:
-        shutil.rmtree(old, ignore_errors=True)
+    recover_directory(run_dir / CHECKPOINT_DIRNAME, _ASIDE_PREFIX)
 
 
 def _sha256(path: Path) -> str:
@@ -90,18 +86,31 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(run_dir, model: MMfreeLM, tokenizer=None, optimizer: AdamW | None = None,
                     trainer: dict | None = None) -> Path:
-    """Write ``run_dir/checkpoint/`` atomically. Returns its path."""
+    """Write ``run_dir/checkpoint/`` atomically. Returns its path.
+
+    A model holding NaN or inf is refused (it would replace a good checkpoint with one that cannot
+    be used); a failed write (a full disk) is a CheckpointError, and the previous checkpoint stays.
+    """
     run_dir = Path(run_dir)
+    try:
+        validate.finite_tree(model.params)
+    except ValueError as e:
+        raise CheckpointError(f"not saved in {run_dir}: {e}") from None
+    try:
+        return _save(run_dir, model, tokenizer, optimizer, trainer)
+    except OSError as e:
+        raise CheckpointError(f"cannot save the checkpoint in {run_dir}: {e.strerror or e} "
+                              f"({e.filename or 'writing'}); the previous checkpoint is kept") from None
+
+
+def _save(run_dir: Path, model, tokenizer, optimizer, trainer) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     _recover(run_dir)
     for stale in run_dir.glob(".checkpoint.tmp-*"):             # left by a writer that died
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=run_dir))
     try:
-        if getattr(model, "architecture", None) == "transformer++":   # the baseline: minimmf tree paths
-            config_json, tensors = model.config.to_json(), dict(leaves(model.params))
-        else:                                                          # MMfreeLM: the released layout
-            config_json, tensors = model.config.to_reference(), to_reference(model)
+        config_json, tensors = architecture_of(model).to_saved(model)   # MMfreeLM: the released layout
         (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                   str(tmp / "model.safetensors"))
@@ -126,84 +135,118 @@ def save_checkpoint(run_dir, model: MMfreeLM, tokenizer=None, optimizer: AdamW |
         raise
 
 
+@contextmanager
+def _reading(path: Path):
+    """Any failure while reading ``path`` becomes a CheckpointError naming it (never another exception type)."""
+    try:
+        yield
+    except (CheckpointError, MemoryError):
+        raise
+    except Exception as e:                       # noqa: BLE001  (a corrupt file can fail in any parser)
+        raise CheckpointError(f"checkpoint file {path} is corrupt or invalid ({type(e).__name__}: {e})") from None
+
+
+def _read_json(path: Path, kind: type = dict):
+    """The JSON object in ``path`` (UTF-8), or a CheckpointError naming the file and what was expected."""
+    with _reading(path):
+        try:
+            value = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start}): expected a JSON object") from None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}): expected a JSON object") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected a JSON object")
+    return value
+
+
 def _verify_manifest(ckpt: Path) -> None:
     mpath = ckpt / "manifest.json"
     if not mpath.exists():
-        return                                                   # e.g. a released checkpoint
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{mpath} is corrupt ({e}); the checkpoint cannot be trusted") from None
+        return                                                   # a released or hand-edited checkpoint
+    manifest = _read_json(mpath)
     for name, entry in manifest.items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or isinstance(entry.get("bytes"), bool) or not isinstance(entry.get("bytes"), int)
+                or "/" in name or name in ("", ".", "..")):
+            raise CheckpointError(f"{mpath} is malformed at {name!r}: expected {{\"sha256\": str, \"bytes\": int}} "
+                                  f"for each file of the checkpoint; the checkpoint cannot be trusted")
         f = ckpt / name
-        if not f.exists():
+        if not f.is_file():
             raise CheckpointError(f"checkpoint file {f} is missing (listed in manifest.json)")
         if f.stat().st_size != entry["bytes"]:
             raise CheckpointError(f"checkpoint file {f} is truncated or changed: {f.stat().st_size} "
                                   f"bytes, manifest says {entry['bytes']}")
         if _sha256(f) != entry["sha256"]:
             raise CheckpointError(f"checkpoint file {f} is corrupt: its sha256 does not match manifest.json")
+    for name in MODEL_FILES + ("trainer.json", "optimizer.safetensors", "tokenizer.json"):
+        if (ckpt / name).exists() and name not in manifest:
+            raise CheckpointError(f"checkpoint file {ckpt / name} is not listed in {mpath}: the checkpoint "
+                                  f"was changed after it was written")
 
 
 def load_checkpoint(path, with_optimizer: bool = True) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint`` (or any released-format directory)."""
+    """Read a checkpoint written by ``save_checkpoint`` (or any released-format directory).
+
+    Every failure is a CheckpointError naming the file: a missing, truncated or corrupted file, a
+    header or JSON field of the wrong type, optimizer moments whose shapes do not match the model.
+    """
     ckpt = checkpoint_dir(path)
     if not ckpt.is_dir():
         raise CheckpointError(f"no checkpoint at {path}: expected a directory with config.json and "
                               f"model.safetensors (train one with `minimmf train --out DIR`)")
     for name in MODEL_FILES:
-        if not (ckpt / name).exists():
+        if not (ckpt / name).is_file():
             raise CheckpointError(f"{ckpt} has no {name}; is this a minimmf checkpoint directory?")
     _verify_manifest(ckpt)
-    try:
-        config = json.loads((ckpt / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{ckpt / 'config.json'} is not valid JSON ({e})") from None
-    try:
+    config = _read_json(ckpt / "config.json")
+    with _reading(ckpt / "model.safetensors"):
         state_dict = load_file(str(ckpt / "model.safetensors"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{ckpt / 'model.safetensors'} cannot be read ({e}): "
-                              f"the file is corrupt or truncated") from None
-    try:
-        if isinstance(config, dict) and config.get("architecture") == "transformer++":
-            from .baseline import TransformerConfig, TransformerPP
-            tc = TransformerConfig.from_json(config)
-            model = TransformerPP(tc, tree_map(lambda _, p: state_dict[p], _paths_of(tc), _paths_of(tc)))
-        else:
-            model = from_reference(config, state_dict)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{ckpt}: {e}") from None
+    with _reading(ckpt / "config.json"):
+        try:
+            model = architecture_of_config(config).from_saved(config, state_dict)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt}: config.json and model.safetensors do not make a model ({e})") from None
     tokenizer = None
     if (ckpt / "tokenizer.json").exists():
         from .tokenizer import Tokenizer
-        tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
-    trainer = json.loads((ckpt / "trainer.json").read_text()) if (ckpt / "trainer.json").exists() else {}
+        with _reading(ckpt / "tokenizer.json"):
+            tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
+    trainer = _read_json(ckpt / "trainer.json") if (ckpt / "trainer.json").exists() else {}
     optimizer = None
     if with_optimizer and "optimizer" in trainer and (ckpt / "optimizer.safetensors").exists():
-        o = trainer["optimizer"]
-        optimizer = AdamW(lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
-                          weight_decay=o["weight_decay"], t=o["t"])
-        state = load_file(str(ckpt / "optimizer.safetensors"))
-        if state:
-            try:
-                optimizer.m = tree_map(lambda _, p: state[f"m.{p}"], model.params, _paths(model.params))
-                optimizer.v = tree_map(lambda _, p: state[f"v.{p}"], model.params, _paths(model.params))
-            except KeyError as e:
-                raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} lacks the moment {e} "
-                                      f"for this model's parameters") from None
+        optimizer = _load_optimizer(ckpt, trainer["optimizer"], model.params)
     return Checkpoint(model, tokenizer, optimizer, trainer, ckpt)
 
 
-def _paths_of(transformer_config):
-    """The Transformer++ parameter tree with each leaf replaced by its path."""
-    from .baseline import param_shapes
-    return _paths(param_shapes(transformer_config))
-
-
-def _paths(tree, prefix=""):
-    """A tree of the same shape whose leaves are their own paths."""
-    if isinstance(tree, dict):
-        return {k: _paths(v, f"{prefix}{k}.") for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_paths(v, f"{prefix}{i}.") for i, v in enumerate(tree)]
-    return prefix[:-1]
+def _load_optimizer(ckpt: Path, o, params) -> AdamW:
+    """AdamW from trainer.json's hyperparameters and optimizer.safetensors's moments, each checked
+    against the model's parameters (shape and dtype) before any kernel sees them."""
+    where = ckpt / "trainer.json"
+    try:
+        t, lr, eps, wd = o["t"], o["lr"], o["eps"], o["weight_decay"]
+        b1, b2 = o["betas"]
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise ValueError(f"t = {t!r}, expected a non-negative integer")
+        for name, x in (("lr", lr), ("eps", eps), ("weight_decay", wd), ("beta1", b1), ("beta2", b2)):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x):
+                raise ValueError(f"{name} = {x!r}, expected a finite number")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: invalid optimizer settings ({e})") from None
+    optimizer = AdamW(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, t=t)
+    path = ckpt / "optimizer.safetensors"
+    with _reading(path):
+        state = load_file(str(path))
+    if state:
+        try:
+            optimizer.m = tree_map(lambda _, p: state[f"m.{p}"], params, paths(params))
+            optimizer.v = tree_map(lambda _, p: state[f"v.{p}"], params, paths(params))
+        except KeyError as e:
+            raise CheckpointError(f"{path} lacks the moment {e} for this model's parameters") from None
+        try:
+            validate.optimizer_inputs(params, params, optimizer.m, optimizer.v)
+            validate.finite_tree(optimizer.m, "optimizer moment m")
+            validate.finite_tree(optimizer.v, "optimizer moment v")
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    return optimizer

@@ -15,6 +15,8 @@ Recipes (paper §4 and SPEC §6; the constants below):
                    2.87 / 2.89 bits/char for 3e-4 / 1e-3 / 3e-3 / 6e-3, so 3e-3, the best of that grid. (MMfreeLM
                    in the same pilot: 2.70 / 2.67 / 2.67 for 2e-3 / 4e-3 / 8e-3, so the paper's 4e-3 stays.)
 Both: the same warm-up, AdamW (0.9, 0.95), weight decay 0.01, gradient clipping 1.0, batches and seed.
+
+Taught in chapter 14 (``chapters/14-matmul-free-vs-transformer.md``).
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from . import opcount
+from .architectures import architecture_of
 from .checkpoint import load_checkpoint
 from .train import TrainConfig, train
+from .tree import leaves
 
 MODELS = ("mmfree", "transformer++")
 RECIPES = {"mmfree": {"lr": 4e-3, "halve_lr_midway": True},
@@ -84,18 +88,13 @@ def inference_memory(model, context: int) -> dict:
     Transformer++ float32 — the arrays' nbytes) plus the decoding state (derived: MLGRU state L·H floats,
     KV cache 2·L·S·H floats)."""
     c = model.config
-    if getattr(model, "architecture", None) == "transformer++":
-        weights = sum(int(a.nbytes) for _, a in _leaves(model.params))
+    if not architecture_of(model).ternary:
+        weights = sum(int(a.nbytes) for _, a in leaves(model.params))
         state = model.kv_cache_bytes(1, context)
     else:
         weights = model.pack().resident_bytes()
         state = c.num_hidden_layers * c.hidden_size * np.dtype(model.dtype).itemsize
     return {"weights": weights, "state": state}
-
-
-def _leaves(tree):
-    from .tree import leaves
-    return leaves(tree)
 
 
 def record(model_name: str, size: Size, plan: Plan, budget: str, result, model) -> dict:
@@ -151,7 +150,8 @@ def run_comparison(quick: bool = False, out="runs/compare", data=None, plan: Pla
             for m in MODELS:
                 cfg = run_config(m, size, plan, budget)
                 run_dir = out / "runs" / f"{budget}-{m.replace('+', 'p')}-{size.name}"
-                r = train(cfg, run_dir, data=data, progress=progress, log=lambda *a: None)
+                r = train(cfg, run_dir, data=data, progress=progress, log=lambda *a: None,
+                          overwrite=True)                            # the sweep owns these run folders
                 model = load_checkpoint(run_dir, with_optimizer=False).model
                 records.append(record(m, size, plan, budget, r, model))
                 x = records[-1]

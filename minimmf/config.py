@@ -3,6 +3,8 @@
 Every field carries the released default. ``MMfreeConfig.from_reference`` reads a released
 ``config.json`` dict (rejecting options the released checkpoints never use, with a message
 saying why), and ``to_reference`` writes one back.
+
+Taught in chapter 5 (``chapters/05-the-glu.md``).
 """
 from __future__ import annotations
 

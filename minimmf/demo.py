@@ -5,7 +5,6 @@ Bytes are the tokens (V = 256), so no tokenizer or download is needed.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from .config import MMfreeConfig
 from .generate import generate
 from .model import MMfreeLM
 from .optim import AdamW, clip_grads
+from .schedule import Schedule, learning_rate
 
 
 def own_source_bytes() -> np.ndarray:
@@ -25,11 +25,12 @@ def own_source_bytes() -> np.ndarray:
 
 def run_demo(steps: int = 300, seed: int = 0, batch: int = 16, seq: int = 64,
              prompt: str = "def ", new_tokens: int = 300, log=print) -> dict:
-    """Train for ``steps`` AdamW steps (warm-up, cosine decay), then sample ``new_tokens`` bytes."""
+    """Train for ``steps`` AdamW steps (warm-up, cosine, halved midway), then sample ``new_tokens`` bytes."""
     data = own_source_bytes().astype(np.int64)
     config = MMfreeConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, intermediate_size=256)
     model = MMfreeLM.init(config, seed=seed)
-    opt = AdamW(lr=3e-3, weight_decay=0.01)
+    schedule = Schedule(lr=3e-3, warmup_steps=30)                        # the paper's recipe (schedule.py)
+    opt = AdamW(lr=schedule.lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     log(f"corpus: minimmf's own source, {data.size:,} bytes | model: {model.num_params():,} parameters")
     t0, losses = time.perf_counter(), []
@@ -38,9 +39,7 @@ def run_demo(steps: int = 300, seed: int = 0, batch: int = 16, seq: int = 64,
         ids = np.stack([data[s:s + seq] for s in starts])                 # (B, T)
         loss, grads = model.loss_and_grads(ids, ids)
         grads, _ = clip_grads(grads, 1.0)
-        warm = min(1.0, step / 30)
-        lr = 3e-3 * warm * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.step(model.params, grads, lr=lr)
+        opt.step(model.params, grads, lr=learning_rate(step, (step - 1) / steps, schedule))
         losses.append(loss)
         if step % 50 == 0 or step == 1:
             log(f"step {step:4d}  loss {loss:.3f} nats/byte  ({time.perf_counter() - t0:.1f} s)")

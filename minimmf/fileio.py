@@ -52,6 +52,20 @@ def install_directory(tmp: Path, target: Path, aside_prefix: str) -> Path:
     return target
 
 
+def recover_directory(target: Path, aside_prefix: str) -> None:
+    """Undo a crash between ``install_directory``'s two renames: if ``target`` is missing but a directory
+    moved aside (``aside_prefix``*) exists, rename the newest back; delete any older ones."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    aside = sorted(target.parent.glob(aside_prefix + "*"))
+    if not target.exists() and aside:
+        os.replace(aside[-1], target)
+        aside = aside[:-1]
+    for old in aside:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

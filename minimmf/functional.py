@@ -2,6 +2,8 @@
 
 Each layer is a pair ``*_forward`` / ``*_backward``; forward returns ``(out, cache)``
 where ``cache`` is a NamedTuple of what the backward needs, and never mutates inputs.
+
+Taught in chapter 3 (``chapters/03-manual-backprop-and-gradient-checking.md``).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 The MLGRU's state is one vector per layer, so each new token costs the same time and memory
 whatever the length of the text so far (a Transformer's KV cache grows instead).
+
+Taught in chapter 9 (``chapters/09-generation.md``).
 """
 from __future__ import annotations
 
@@ -38,8 +40,12 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
 
     Works with ``MMfreeLM`` and its packed form. Stops early after yielding ``eos_id``.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -47,7 +53,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
     prompt = np.asarray(prompt_ids).reshape(1, -1)
     rng = np.random.default_rng(seed)
     logits, state = model.prefill(prompt)                    # the whole prompt in one pass
-    last = logits[0, -1]
+    last = logits[0]                                         # the prompt's last position
     for _ in range(max_new_tokens):
         tok = sample_next(last, rng, temperature, top_k, top_p)
         yield tok

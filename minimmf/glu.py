@@ -7,6 +7,8 @@ SPEC §4:
 
 The configured ``hidden_act`` is ignored by the released code: it is always SiLU.
 Parameters: ``p = {"gate_proj": BitLinear (2I, H), "down_proj": BitLinear (H, I)}``.
+
+Taught in chapter 5 (``chapters/05-the-glu.md``).
 """
 from __future__ import annotations
 

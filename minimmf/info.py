@@ -1,11 +1,11 @@
 """``minimmf info``: what is in a checkpoint, in a few lines."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint
+from .architectures import architecture_of
+from .checkpoint import checkpoint_dir
 from .quant import weight_quant
 from .tree import leaves
 
@@ -23,24 +23,29 @@ def code_statistics(model) -> list[tuple[str, float, float, float]]:
 
 
 def describe(path) -> str:
-    ck = load_checkpoint(path, with_optimizer=False)
-    c, m = ck.model.config, ck.model
-    size = sum(f.stat().st_size for f in Path(ck.path).iterdir() if f.is_file())
-    tok = f"{ck.tokenizer.kind}, {ck.tokenizer.vocab_size} tokens" if ck.tokenizer else "none"
-    t = ck.trainer
+    """Config, size, tokenizer, training state and ternary-code statistics of any directory ``generate``
+    reads: a minimmf run or checkpoint, or a released-layout export (float32/float16/bf16, sharded)."""
+    from .checkpoint import _read_json
+    from .pretrained import load_pretrained
+    m = load_pretrained(path)
+    d = checkpoint_dir(path)
+    c, tokenizer = m.config, m.tokenizer
+    size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+    tok = f"{tokenizer.kind}, {tokenizer.vocab_size} tokens" if tokenizer else "none"
+    t = _read_json(d / "trainer.json") if (d / "trainer.json").exists() else {}
     training = (f"training: step {t.get('step')}, {t.get('tokens', 0):,} tokens, {t.get('seconds', 0):.0f} s, "
                 f"data {t.get('data_source')}" if t else "training: no trainer state (a released checkpoint?)")
-    if getattr(m, "architecture", "mmfree") == "transformer++":
+    if not architecture_of(m).ternary:
         fields = ", ".join(f"{k}={v}" for k, v in vars(c).items()) if hasattr(c, "__dict__") else str(c)
-        return "\n".join([f"checkpoint: {ck.path}", f"model: Transformer++ baseline ({fields})",
+        return "\n".join([f"checkpoint: {d}", f"model: Transformer++ baseline ({fields})",
                           f"parameters: {m.num_params():,} (all float32)",
                           f"size on disk: {size / 1e6:.2f} MB", f"tokenizer: {tok}", training])
     ternary = sum(W.size for p, W in leaves(m.params) if p.endswith(".W"))
-    lines = [f"checkpoint: {ck.path}",
+    lines = [f"checkpoint: {d}",
              f"model: L={c.num_hidden_layers} H={c.hidden_size} I={c.I} V={c.vocab_size} "
              f"heads={c.num_heads} lower bounds={'on' if c.use_lower_bound else 'off'}",
              f"parameters: {m.num_params():,} ({ternary:,} ternary, {m.num_params() - ternary:,} float)",
-             f"size on disk: {size / 1e6:.2f} MB (float32 latent weights); packed 2-bit ternary weights "
+             f"size on disk: {size / 1e6:.2f} MB; packed 2-bit ternary weights "
              f"would take {ternary / 4 / 1e6:.2f} MB",
              f"tokenizer: {tok}", training]
     stats = code_statistics(m)

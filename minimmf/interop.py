@@ -4,6 +4,8 @@ SPEC §7. ``from_reference(config, state_dict)`` builds a model from a released 
 dict and a ``{key: array}`` state dict; ``to_reference(model, tree=None)`` goes back, for the
 model's parameters or for any tree of the same shape (e.g. gradients). Nothing else in the
 package knows the released key names.
+
+Taught in chapter 10 (``chapters/10-released-models.md``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from .config import MMfreeConfig
 from .model import MMfreeLM, param_shapes
-from .tree import leaves
+from .tree import leaves, paths, tree_map
 
 
 def key_table(config: MMfreeConfig) -> dict[str, str]:
@@ -38,25 +40,6 @@ def key_table(config: MMfreeConfig) -> dict[str, str]:
     return table
 
 
-def _set(tree: dict, path: str, value) -> None:
-    *head, last = path.split(".")
-    node = tree
-    for k in head:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def _empty_like_shapes(shapes):
-    if isinstance(shapes, dict):
-        return {k: _empty_like_shapes(v) for k, v in shapes.items()}
-    if isinstance(shapes, list):
-        return [_empty_like_shapes(v) for v in shapes]
-    return None
-
-
 def from_reference(config: dict, state_dict: dict, dtype=np.float32) -> MMfreeLM:
     """A model from a released ``config.json`` dict and a state dict with the released key names.
 
@@ -80,8 +63,9 @@ def from_reference(config: dict, state_dict: dict, dtype=np.float32) -> MMfreeLM
         raise ValueError(f"state_dict has {len(extra)} key(s) this config does not use, e.g. "
                          f"{extra[:3]} (does num_hidden_layers={cfg.num_hidden_layers} match the "
                          f"checkpoint?)")
-    params = _empty_like_shapes(param_shapes(cfg))
-    for ours, theirs in table.items():
+
+    def param(ours):
+        theirs = table[ours]
         arr = np.asarray(state_dict[theirs])
         if arr.shape != shapes[ours]:
             raise ValueError(f"state_dict[{theirs!r}] has shape {arr.shape}, but the config implies "
@@ -91,7 +75,8 @@ def from_reference(config: dict, state_dict: dict, dtype=np.float32) -> MMfreeLM
             raise ValueError(f"state_dict[{theirs!r}] has dtype {arr.dtype}; expected floating point")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"state_dict[{theirs!r}] contains NaN or inf")
-        _set(params, ours, np.array(arr, dtype=dtype))                # a copy: never alias the input
+        return np.array(arr, dtype=dtype)                              # a copy: never alias the input
+    params = tree_map(param, paths(param_shapes(cfg)))
     return MMfreeLM(cfg, params)
 
 

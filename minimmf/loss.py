@@ -3,6 +3,8 @@
 Position t predicts ``labels[t + 1]``: the model shifts the labels itself, so callers pass
 ``labels = input_ids``. The last position and every label equal to -100 are ignored; the
 loss is the mean over the positions that remain.
+
+Taught in chapter 3 (``chapters/03-manual-backprop-and-gradient-checking.md``).
 """
 from __future__ import annotations
 

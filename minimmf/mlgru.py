@@ -7,7 +7,7 @@ Released code, which minimmf follows (SPEC §3), for the attention-normed input 
 
     f   = σ(BitLinear_f(x))
     f   = lb + (1 - lb) f                      # layers l > 0: per-channel lower bound
-    i   = silu(BitLinear_i(x)) (1 - f)          # candidate, SiLU instead of tanh, (1 - f) folded in
+    i   = silu(BitLinear_i(x)) (1 - f)          # candidate: τ = SiLU (the paper leaves τ unnamed), (1 - f) folded in
     h_t = f_t h_{t-1} + i_t                     # element-wise recurrence (kernels/scan.py)
     o   = RMSNorm(BitLinear_g(x); w_gnorm) silu(h)   # the norm is on g, the SiLU gate on h
     out = BitLinear_o(o)
@@ -15,6 +15,8 @@ Released code, which minimmf follows (SPEC §3), for the attention-normed input 
 ``num_heads`` only reshapes H into heads; every formula is per channel, so it never
 appears here. Parameters: ``p = {"i_proj", "f_proj", "g_proj", "o_proj": BitLinear params,
 "g_norm": (H,)}``.
+
+Taught in chapter 4 (``chapters/04-the-mlgru.md``).
 """
 from __future__ import annotations
 

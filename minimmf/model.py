@@ -101,12 +101,16 @@ class ModelCache(NamedTuple):
     V: int
 
 
-def model_forward(params: dict, config: MMfreeConfig, ids: np.ndarray, state: State | None = None):
+def model_forward(params: dict, config: MMfreeConfig, ids: np.ndarray, state: State | None = None,
+                  keep_cache: bool = True):
     """Full-sequence forward. Returns (logits, cache, state_after).
 
     Shapes: ids (B, T) int in [0, V) -> logits (B, T, V) in the dtype of the parameters.
     ``state`` (optional) continues from an earlier call: feeding a sequence in pieces with the
     state handed over gives the same logits as feeding it whole.
+    ``keep_cache=False`` is inference: no block's cache is kept for a backward, so memory holds the
+    activations of at most two blocks (the one running and the last one's, until it returns) instead
+    of L, and ``cache`` is None.
     """
     L = config.num_hidden_layers
     h = params["embeddings"][ids]                                    # (B, T, H)
@@ -117,11 +121,11 @@ def model_forward(params: dict, config: MMfreeConfig, ids: np.ndarray, state: St
         lb_l = lb[l] if (lb is not None and l > 0) else None         # layer 0 is never bounded
         h0 = None if state is None else state.h[l]
         h, c_block, hl = block_forward(h, params["layers"][l], lb_l, h0, config.rms_norm_eps)
-        blocks.append(c_block)
+        blocks.append(c_block if keep_cache else None)
         h_last.append(hl)
     hn, c_norm = op.rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
     logits, c_head = op.bitlinear_forward(hn, params["lm_head"])       # (B, T, V)
-    cache = ModelCache(ids, c_lb, blocks, c_norm, c_head, config.vocab_size)
+    cache = ModelCache(ids, c_lb, blocks, c_norm, c_head, config.vocab_size) if keep_cache else None
     return logits, cache, State(tuple(h_last))
 
 

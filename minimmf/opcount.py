@@ -23,11 +23,14 @@ Not counted: comparisons (max, clip, masks), rounding, copies, the Python around
 The MatMul-free model's matrix products are the ``kind == "matrix product"`` rows: their ``mults`` are 0.
 The multiplications it still performs are element-wise (gates, norms, the per-row rescale) and grow like
 H per layer, not H².
+
+Taught in chapter 14 (``chapters/14-matmul-free-vs-transformer.md``).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from .architectures import architecture_of
 from .config import MMfreeConfig
 from .kernels.ternary import BLOCK, BLOCK_BYTES
 
@@ -160,7 +163,7 @@ def transformer_ops(config, context: int) -> list[Ops]:
 
 def ops_per_token(model, context: int = 1) -> list[Ops]:
     """The rows for an ``MMfreeLM`` / ``PackedMMfreeLM`` or a ``TransformerPP`` (``context`` used by the latter)."""
-    if getattr(model, "architecture", None) == "transformer++":
+    if not architecture_of(model).ternary:
         return transformer_ops(model.config, context)
     return mmfree_ops(model.config)
 
@@ -174,7 +177,7 @@ def training_flops_per_token(model, seq_len: int) -> float:
     Transformer++ the attention rows are averaged over the window's causal contexts S = 1 .. seq_len.
     """
     cfg = model.config
-    if getattr(model, "architecture", None) == "transformer++":
+    if not architecture_of(model).ternary:
         per = [totals(transformer_ops(cfg, S)) for S in (1, seq_len)]              # linear in S: average ends
         fwd = (per[0]["mults"] + per[0]["adds"] + per[1]["mults"] + per[1]["adds"]) / 2
     else:

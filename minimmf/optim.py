@@ -10,6 +10,8 @@ Weight decay applies to matrices only (ndim ≥ 2); norm gains are not decayed.
 
 The update is applied in place to the model's parameter arrays; the moments are trees of the
 same shape (``tree.py``), so they can be saved and restored with the parameters.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import validate
 from .seam import op
 from .tree import leaves, tree_map
 
@@ -46,6 +49,7 @@ class AdamW:
 
     def step(self, params: dict, grads: dict, lr: float | None = None) -> None:
         """One AdamW update of ``params`` in place (``lr`` overrides the default, for schedules)."""
+        validate.optimizer_inputs(params, grads, self.m, self.v)   # before any kernel trusts a shape
         lr = self.lr if lr is None else lr
         if self.m is None:
             self.m = tree_map(np.zeros_like, params)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import threads
+from . import threads, validate
 from .bitlinear import PackedBitLinear, pack_bitlinear
 from .config import MMfreeConfig
 from .lm import LanguageModel
@@ -206,7 +206,7 @@ class PackedMMfreeLM(MMfreeLM):
 
     def step(self, token_ids, state):
         with _numba_threads(self.num_threads):
-            return op.packed_step(self, token_ids, state)        # packed_step below, or its twin (fast/decode.py)
+            return validate.finite_logits(self.params, *op.packed_step(self, token_ids, state))   # packed_step below, or its twin (fast/decode.py)
 
     def tune_threads(self, n_tokens: int = 4, candidates=None, rounds: int = 3) -> int:
         """Time ``n_tokens`` decode steps at each thread count (``threads.fastest_thread_count``) and keep the

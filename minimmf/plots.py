@@ -1,5 +1,8 @@
 """Loss curves from ``metrics.jsonl``: train and validation loss against tokens seen and against
-wall-clock, and the fraction of ternary weight codes that are zero."""
+wall-clock, and the fraction of ternary weight codes that are zero.
+
+Taught in chapter 8 (``chapters/08-training.md``).
+"""
 from __future__ import annotations
 
 import io

@@ -23,6 +23,8 @@ a JSON header {key: {"dtype", "shape", "data_offsets"}}, then the raw little-end
     export_hf(src, out, dtype=None, max_shard_bytes=None) -> Path                     the released layout
 
 Every problem is a ``CheckpointError`` (a ValueError) naming the file, tensor or field and the fix.
+
+Taught in chapter 10 (``chapters/10-released-models.md``).
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, checkpoint_dir, _verify_manifest
+from .architectures import architecture_of_config
+from .checkpoint import CheckpointError, _read_json, _verify_manifest, checkpoint_dir
 from .config import ConfigError, MMfreeConfig
-from .fileio import install_directory
+from .fileio import install_directory, recover_directory
 from .interop import from_reference, to_reference
 
 SINGLE_FILE = "model.safetensors"
@@ -87,6 +90,10 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- safetensors, by hand
 
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a .safetensors file. Returns ({key: array}, {key: dtype name}).
 
@@ -117,6 +124,11 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             code, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{bad}: the header entry of {key!r} lacks dtype/shape/data_offsets") from None
+        if (not isinstance(code, str) or not all(_is_count(d) for d in shape)
+                or not (_is_count(start) and _is_count(end))):
+            raise CheckpointError(f"{bad}: the header entry of {key!r} has fields of the wrong type (expected "
+                                  f"dtype: str, shape: list of non-negative int, data_offsets: [int, int]), "
+                                  f"got {entry!r:.200}")
         if code not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {key!r} has dtype {code}; minimmf reads "
                                   f"{sorted(_DTYPES)} (floating-point weights)")
@@ -181,14 +193,14 @@ class Pretrained:
 def _weight_files(d: Path) -> list[tuple[Path, set | None]]:
     """[(file, keys the index assigns to it, or None for a single file)], or the pickle refusal."""
     if (d / INDEX_FILE).exists():
-        try:
-            index = json.loads((d / INDEX_FILE).read_text())
-            weight_map = index["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{d / INDEX_FILE} is not a valid index (needs a 'weight_map': {e})") from None
+        weight_map = _read_json(d / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in weight_map.items()):
+            raise CheckpointError(f"{d / INDEX_FILE} is not a valid index: expected a 'weight_map' object "
+                                  f"mapping each tensor name to a shard file name")
         shards: dict[str, set] = {}
         for key, fname in weight_map.items():
-            if Path(fname).name != fname:
+            if Path(fname).name != fname or fname in ("", ".", ".."):
                 raise CheckpointError(f"{d / INDEX_FILE}: shard {fname!r} of {key!r} is not a file name "
                                       f"in this directory")
             shards.setdefault(fname, set()).add(key)
@@ -209,6 +221,7 @@ def _weight_files(d: Path) -> list[tuple[Path, set | None]]:
 def read_pretrained(path, tokenizer: bool = True) -> Pretrained:
     """Read a released-format directory (or a minimmf run/checkpoint directory) without building a model."""
     p = Path(path)
+    recover_directory(p, f".{p.name}.old-")                       # an export killed between its renames
     if p.is_file() and p.name in PICKLE_FILES:
         raise CheckpointError(f"{p} is a PyTorch pickle. " + CONVERT_HINT)
     d = checkpoint_dir(p)
@@ -219,10 +232,11 @@ def read_pretrained(path, tokenizer: bool = True) -> Pretrained:
         raise CheckpointError(f"{d} has no config.json; is this a released MMfreeLM directory?")
     files = _weight_files(d)
     _verify_manifest(d)                                           # minimmf checkpoints only; else no-op
+    config = _read_json(d / "config.json")
     try:
-        config = json.loads((d / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{d / 'config.json'} is not valid JSON ({e})") from None
+        architecture_of_config(config)
+    except ValueError as e:
+        raise CheckpointError(f"{d / 'config.json'}: {e}") from None
     state_dict, dtypes = {}, {}
     for f, keys in files:
         tensors, kinds = read_safetensors(f)
@@ -263,7 +277,7 @@ def load_pretrained(path, packed: bool = False):
     has a tokenizer.json, is ``model.tokenizer`` (else None).
     """
     pre = read_pretrained(path)
-    if pre.config.get("architecture") == "transformer++":    # the baseline (minimmf/baseline): float only
+    if not architecture_of_config(pre.config).ternary:        # the baseline (minimmf/baseline): float only
         from .checkpoint import load_checkpoint
         model = load_checkpoint(pre.path, with_optimizer=False).model
         model.tokenizer = pre.tokenizer
@@ -317,12 +331,19 @@ def export_hf(src, out, dtype: str | None = None, max_shard_bytes: int | None = 
     ``out`` under a temporary name and renamed into place only when complete.
     """
     pre = read_pretrained(src, tokenizer=False)
+    if not architecture_of_config(pre.config).ternary:
+        raise CheckpointError(f"{src} is a {architecture_of_config(pre.config).title} run: export writes the "
+                              f"released MMfreeLM layout only (its checkpoint/ directory is already "
+                              f"config.json + model.safetensors)")
     dtype = dtype or ("float32" if pre.dtype == "float64" else pre.dtype)
     if dtype not in _EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_EXPORT_DTYPES)}, got {dtype!r}")
     model = from_reference(pre.config, pre.state_dict)          # validates names, shapes and values
     state_dict = to_reference(model)                              # released key order
     out = Path(out)
+    recover_directory(out, f".{out.name}.old-")                  # a previous export killed between renames
+    if out.resolve() in (pre.path.resolve(), *pre.path.resolve().parents):
+        raise CheckpointError(f"--out {out} is the directory being exported (or holds it); choose another")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; choose another output directory or pass overwrite=True "
                               f"(--overwrite)")

@@ -12,6 +12,8 @@ Rounding is half away from zero (what the released GPU kernel does; NumPy's
 The backward pass of both quantizers is the straight-through estimator (STE): the
 gradient passes through as if quantization were the identity, so there is no
 ``*_backward`` here — see ``bitlinear.py`` for where that happens.
+
+Taught in chapter 1 (``chapters/01-ternary-quantization.md``).
 """
 from __future__ import annotations
 

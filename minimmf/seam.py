@@ -21,6 +21,8 @@ Choose with the environment variable ``MINIMMF_PATH=reference|fast|auto`` (``MIN
 Changing a layer module at run time (``mlgru.silu = ...``, a test's monkeypatch, chapter 2's
 ``bitlinear.BITLINEAR_EPS = 1e-8``) is noticed too: the layers that depend on the changed module run on the
 reference until it is restored. (No canary is run then: a replaced function may count or record its calls.)
+
+Taught in chapter 3 (``chapters/03-manual-backprop-and-gradient-checking.md``).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ time slice. ``fastest_thread_count`` times a piece of work at each count and ret
 The count is fixed for a whole training run: OpenBLAS blocks its products differently for different
 thread counts, so the last bits of a product (and therefore of a run) depend on the count. The same
 seed and the same count give bit-identical runs.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ into bits per character, which compares models with different tokenizers fairly:
     bits/char = (nats/token) / ln 2 / (chars/token)
 
 Errors are ``TokenizerError`` (a ``ValueError``) with the fix in the message.
+
+Taught in chapter 8 (``chapters/08-training.md``).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class TokenizerError(ValueError):
 
 EOS_TOKEN = "<|endoftext|>"     # the BPE tokenizer's one special token, as in GPT-2
 MIN_BPE_VOCAB = 256 + 1         # the 256 byte tokens + <|endoftext|>: byte-level BPE with no merges
+MAX_BPE_VOCAB = 1 << 20         # far above any corpus minimmf trains on; the tokenizers library aborts the
+                                # whole process (SIGABRT) on sizes like 10**9, so larger ones are refused here
 # End-of-text tokens recognised in a loaded Hugging Face tokenizer.json, first match wins.
 EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
 
@@ -172,9 +176,10 @@ def train_bpe(text: str, vocab_size: int) -> Tokenizer:
     merge first (the message gives the largest vocab_size it reaches).
     """
     _check_text(text)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_BPE_VOCAB:
-        raise TokenizerError(f"vocab_size must be an integer >= {MIN_BPE_VOCAB} (256 bytes + {EOS_TOKEN}), "
-                             f"got {vocab_size!r}")
+    if (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+            or not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB):
+        raise TokenizerError(f"vocab_size (--vocab-size) must be an integer from {MIN_BPE_VOCAB} (256 bytes + "
+                             f"{EOS_TOKEN}) to {MAX_BPE_VOCAB:,}, got {vocab_size!r}")
     hf = tokenizers.Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()

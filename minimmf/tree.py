@@ -31,3 +31,12 @@ def tree_map(fn: Callable, tree, *rest):
     if isinstance(tree, list):
         return [tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree)]
     return fn(tree, *rest)
+
+
+def paths(tree, prefix: str = ""):
+    """A tree of the same shape whose leaves are their own paths (the names ``leaves`` gives them)."""
+    if isinstance(tree, dict):
+        return {k: paths(v, f"{prefix}{k}.") for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [paths(v, f"{prefix}{i}.") for i, v in enumerate(tree)]
+    return prefix[:-1]

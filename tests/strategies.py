@@ -80,3 +80,39 @@ def random_block_params(rng, H, I, dtype=np.float64):
     gain = lambda: (1.0 + 0.1 * rng.standard_normal(H)).astype(dtype)   # noqa: E731
     return {"attn_norm": gain(), "attn": random_mlgru_params(rng, H, dtype),
             "mlp_norm": gain(), "mlp": random_glu_params(rng, H, I, dtype)}
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors",
+                    "trainer.json", "manifest.json"]
+
+WRONG_TYPES = [None, True, -1, 2**70, 1.5, float("nan"), "x", "", [], [1, "a"], {}, {"a": None}]
+
+
+@st.composite
+def checkpoint_corruptions(draw):
+    """One corruption of a checkpoint directory, as (kind, file, argument):
+    truncate to a fraction, flip one byte (a position fraction and a bit), delete, add an extra file,
+    or set a top-level JSON field (of a JSON file) to a value of the wrong type."""
+    kind = draw(st.sampled_from(["truncate", "flip", "delete", "extra", "json_field"]))
+    if kind == "json_field":
+        f = draw(st.sampled_from(["config.json", "trainer.json", "manifest.json"]))
+        return kind, f, (draw(st.integers(0, 40)), draw(st.sampled_from(WRONG_TYPES)))
+    f = draw(st.sampled_from(CHECKPOINT_FILES))
+    if kind == "truncate":
+        return kind, f, draw(st.floats(0, 1, exclude_max=True))
+    if kind == "flip":
+        return kind, f, (draw(st.floats(0, 1, exclude_max=True)), draw(st.integers(0, 7)))
+    if kind == "extra":
+        return kind, draw(st.sampled_from(["notes.txt", "model.safetensors.index.json", ".hidden"])), \
+            draw(st.binary(max_size=64))
+    return kind, f, None
+
+
+def corpus_bytes():
+    """Any byte string, biased towards the interesting: empty, whitespace, NUL, invalid UTF-8, text."""
+    return st.one_of(st.binary(max_size=3000),
+                     st.text(max_size=3000).map(str.encode),
+                     st.sampled_from([b"", b" \n\t", b"\x00" * 100, b"\xff\xfe" * 500, b"ab" * 2000,
+                                      "é".encode() * 1500, b"\xef\xbb\xbf" + b"x" * 3000]))

@@ -57,3 +57,66 @@ def test_packed_model_refuses_training(model):
     """A packed model is inference-only and says so."""
     with pytest.raises(TypeError, match="inference only"):
         model.pack().loss_and_grads(np.array([[1, 2]]), np.array([[1, 2]]))
+
+
+@pytest.mark.parametrize("entry", ["forward", "prefill", "loss", "loss_and_grads", "step", "packed step",
+                                   "packed prefill"])
+def test_a_parameter_set_to_nan_after_construction_is_named_by_every_entry_point(model, entry):
+    """A NaN written into a parameter after the model was built is refused by name, never returned as NaN."""
+    m = minimmf.MMfreeLM(model.config, {k: v for k, v in
+                                        minimmf.MMfreeLM.init(model.config, seed=1).params.items()})
+    if entry.startswith("packed"):
+        m = m.pack()
+    m.params["norm"][3] = np.nan
+    ids = np.array([[1, 2, 3]])
+    calls = {"forward": lambda: m.forward(ids), "prefill": lambda: m.prefill(ids),
+             "loss": lambda: m.loss(ids, ids), "loss_and_grads": lambda: m.loss_and_grads(ids, ids),
+             "step": lambda: m.step(np.array([1]), m.init_state(1)),
+             "packed step": lambda: m.step(np.array([1]), m.init_state(1)),
+             "packed prefill": lambda: m.prefill(ids)}
+    with pytest.raises(ValueError, match=r"parameter norm contains 1 NaN or inf"):
+        calls[entry]()
+
+
+def test_the_transformer_baseline_names_a_nan_parameter_too():
+    """The Transformer++ baseline shares the entry points, and the check."""
+    from minimmf.baseline import TransformerConfig, TransformerPP
+    m = TransformerPP.init(TransformerConfig.for_width(10, 8, 1, 16), seed=0)
+    m.params["norm"][0] = np.inf
+    with pytest.raises(ValueError, match="parameter norm contains"):
+        m.forward(np.array([[1, 2]]))
+
+
+def test_adamw_refuses_moments_of_the_wrong_shape_before_any_kernel_runs(model):
+    """A moment whose shape or dtype differs from its parameter is named (a kernel would read out of bounds)."""
+    from minimmf.optim import AdamW
+    m = minimmf.MMfreeLM.init(model.config, seed=0)
+    _, grads = m.loss_and_grads(np.array([[1, 2, 3]]), np.array([[1, 2, 3]]))
+    opt = AdamW()
+    opt.step(m.params, grads)
+    opt.m["layers"][0]["attn"]["f_proj"]["W"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"moment m layers\.0\.attn\.f_proj\.W has shape \(2, 2\)"):
+        opt.step(m.params, grads)
+    opt.m["layers"][0]["attn"]["f_proj"]["W"] = np.zeros((8, 8), np.float64)
+    with pytest.raises(ValueError, match="dtype float64"):
+        opt.step(m.params, grads)
+    opt.m["layers"][0]["attn"]["f_proj"]["W"] = np.zeros((8, 8), np.float32)
+    del opt.v["norm"]
+    with pytest.raises(ValueError, match=r"moment v does not match the parameter tree: missing \['norm'\]"):
+        opt.step(m.params, grads)
+
+
+def test_one_nan_gradient_leaves_parameters_and_moments_untouched(model):
+    """AdamW refuses a non-finite gradient by name before changing anything (it would poison every moment)."""
+    from minimmf.optim import AdamW
+    m = minimmf.MMfreeLM.init(model.config, seed=0)
+    _, grads = m.loss_and_grads(np.array([[1, 2, 3]]), np.array([[1, 2, 3]]))
+    opt = AdamW()
+    opt.step(m.params, grads)
+    before = [a.copy() for a in (m.params["norm"], opt.m["norm"], opt.v["norm"])]
+    grads["lm_head"]["W"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"gradient lm_head\.W contains NaN or inf"):
+        opt.step(m.params, grads)
+    assert opt.t == 1
+    for a, b in zip(before, (m.params["norm"], opt.m["norm"], opt.v["norm"])):
+        np.testing.assert_array_equal(a, b)

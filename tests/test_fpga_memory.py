@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fpga_model.memory import DDR, Region, SimError, StreamParams, simulate_stream, simulate_stream_cycles
+from fpga_model.memory import (DDR, Region, SimError, StreamParams, closed_form_end, simulate_stream,
+                               simulate_stream_cycles, stream_requests)
 
 
 @st.composite
@@ -55,3 +56,21 @@ def test_ddr_refuses_unwritten_and_out_of_range_reads():
         ddr.read(250, 16)
     with pytest.raises(SimError, match="outside DDR"):
         ddr.write(255, b"ab")
+
+
+@given(st.integers(0, 20), st.sampled_from([None, 1, 2, 3, 4, 8, 128]), st.sampled_from([None, 8, 64, 2048]),
+       st.integers(1, 600), st.integers(0, 5))
+def test_closed_form_end_of_the_2024_port_equals_the_cycle_by_cycle_loop(lat, rate, fifo, n, start):
+    """1-byte beats, one outstanding: end = max(start + n a + ceil(4/rate) - 1, start + a + ceil(4n/rate) - 1)."""
+    p = StreamParams(1, 1, 1, lat, 1, fifo, rate)
+    assert closed_form_end(n, start, p) == simulate_stream_cycles(n, start, p)[0]
+
+
+@given(streams())
+def test_stream_requests_lists_one_request_per_burst_in_order(case):
+    """stream_requests: ceil(n / request bytes) requests, increasing cycles, the bytes add up to n."""
+    p, n, start = case
+    reqs = stream_requests(n, start, p)
+    assert len(reqs) == -(-n // p.request_bytes)
+    assert sum(r[2] for r in reqs) == n
+    assert all(a[0] < b[0] for a, b in zip(reqs, reqs[1:])) and all(t + p.latency < u for t, u, _ in reqs)

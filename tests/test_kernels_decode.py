@@ -5,6 +5,9 @@ The specification is ``packed.packed_step`` (``model_forward`` with ``bitlinear_
 reference path; the fast step does the same float operations in the same order, with e^x left to NumPy, so logits
 and states must be equal exactly (the int8 codes and int32 sums inside are then equal too).
 """
+import os
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -58,7 +61,12 @@ def test_fast_step_equals_the_plain_packed_step_bit_for_bit(config, seed, dtype)
     _assert_steps_equal(_packed(config, seed % 1000, dtype), tokens)
 
 
-@pytest.mark.parametrize("H, I", [(128, 256), (160, 200), (520, 1100)])
+# (520, 1100) crosses a 512-wide pairwise-sum block: minutes of plain-Python loops with the JIT off, where the
+# two smaller shapes already run every line of the kernels; the compiled pass checks all three.
+BOUNDARY_SHAPES = [(128, 256), (160, 200)] + ([] if os.environ.get("NUMBA_DISABLE_JIT") == "1" else [(520, 1100)])
+
+
+@pytest.mark.parametrize("H, I", BOUNDARY_SHAPES)
 def test_fast_step_is_exact_across_ternary_block_and_pairwise_sum_boundaries(H, I):
     """Widths at, off and past the 128-input code block and NumPy's pairwise-sum split give the same bits."""
     config = minimmf.MMfreeConfig(vocab_size=70, hidden_size=H, num_hidden_layers=2, intermediate_size=I)
@@ -128,3 +136,58 @@ def test_fast_step_on_the_golden_model_gives_the_float_models_greedy_tokens(gold
     prompt = golden["input_ids"][0, :5]
     assert list(generate(packed, prompt, 16, temperature=0)) == list(generate(golden_model, prompt, 16, temperature=0))
     _assert_steps_equal(packed, golden["input_ids"][0, :6])
+
+
+
+def _with_offset_leaves(node):
+    """The parameter tree with every PackedBitLinear's codes repacked as OffsetPacked (w + 1)."""
+    from minimmf.kernels.ternary import pack_offset, unpack_ternary
+    if isinstance(node, bitlinear.PackedBitLinear):
+        return node._replace(codes=pack_offset(unpack_ternary(node.codes)))
+    if isinstance(node, dict):
+        return {k: _with_offset_leaves(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_offset_leaves(v) for v in node]
+    return node
+
+
+def test_fast_step_reads_offset_codes_whichever_layout_the_model_holds():
+    """The plan holds every matrix as offset codes (w + 1): converted from the older PackedTernary layout, or taken
+    as they are from OffsetPacked leaves; both give the plain step's bits."""
+    from minimmf.kernels.ternary import PackedTernary, pack_offset, unpack_ternary
+    config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=160, num_hidden_layers=2, intermediate_size=200)
+    old = _packed(config, 4)
+    plan = decode.plan_for(old)
+    f_proj = old.params["layers"][0]["attn"]["f_proj"]
+    assert isinstance(f_proj.codes, PackedTernary)
+    H = config.hidden_size
+    np.testing.assert_array_equal(plan.layers[0][2][0][:H], pack_offset(unpack_ternary(f_proj.codes)).codes)
+    np.testing.assert_array_equal(plan.head_codes, pack_offset(unpack_ternary(old.params["lm_head"].codes)).codes)
+    new = _packed(config, 4)
+    new.params = _with_offset_leaves(new.params)
+    tokens = [3, 39, 0]
+    _assert_steps_equal(old, tokens)                                       # old layout == the plain step
+    s_old, s_new = old.init_state(1), new.init_state(1)
+    for t in tokens:
+        l_old, s_old = decode.packed_step(old, np.array([t]), s_old)
+        l_new, s_new = decode.packed_step(new, np.array([t]), s_new)
+        np.testing.assert_array_equal(l_new, l_old)
+        for a, b in zip(s_new.h, s_old.h):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_two_thread_steps_run_both_forms_give_the_same_bits_and_restore_the_thread_count():
+    """With two threads the guard times steps on both threads and on one, and chooses between them; every step,
+    whichever form ran, gives the plain step's bits, and the Numba thread count is the caller's afterwards."""
+    config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=64, num_hidden_layers=2)
+    packed = _packed(config, 5)
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        _assert_steps_equal(packed, [1, 2, 3, 4, 5, 6])
+        assert numba.get_num_threads() == 2
+    finally:
+        numba.set_num_threads(old)
+    guard = decode.plan_for(packed).guard
+    assert guard.n_calls == 6 and 0 < guard.parallel_share() < 1          # both forms measured first

@@ -9,13 +9,22 @@ from hypothesis import strategies as st
 from minimmf.kernels import ternary
 from minimmf.kernels.ternary import (
     PackedTernary,
+    OffsetPacked,
+    ParallelGuard,
     float_ternary_matmul,
     float_ternary_matmul_ref,
+    offset_from_packed,
+    offset_matmul,
+    offset_rows_scaled,
+    offset_sum,
+    pack_offset,
     pack_ternary,
     ternary_matmul,
     ternary_matmul_ref,
+    unpack_offset,
     unpack_ternary,
 )
+from numba import njit
 from strategies_kernels import ternary_problems
 
 pytestmark = pytest.mark.jit
@@ -142,3 +151,165 @@ def test_kernels_reject_bad_activations_gradients_and_packs():
         ternary_matmul(np.zeros((1, 10), np.int8), np.ones((4, 10), np.int8))
     with pytest.raises(ValueError, match="packed.codes must be uint8"):
         ternary_matmul(np.zeros((1, 10), np.int8), PackedTernary(packed.codes[:, :3], 4, 10))
+
+
+# ---------------------------------------------------------------- offset codes (w + 1) and the multiply-add kernel
+
+@given(ternary_problems())
+def test_unpack_offset_inverts_pack_offset(problem):
+    """unpack_offset(pack_offset(q_w)) == q_w, with codes of the same shape as pack_ternary's."""
+    _, q_w = problem
+    packed = pack_offset(q_w)
+    assert packed.codes.shape == (q_w.shape[0], 32 * -(-q_w.shape[1] // 128))
+    np.testing.assert_array_equal(unpack_offset(packed), q_w)
+
+
+@pytest.mark.parametrize("value", [-1, 0, 1])
+@pytest.mark.parametrize("i", [0, 1, 31, 32, 63, 64, 95, 96, 127, 128, 200, 255])
+def test_offset_code_of_input_i_is_w_plus_1_in_byte_i_mod_32_at_bits_2k(i, value):
+    """Input i = 128 b + 32 k + j is stored in byte 32 b + j, bits 2k..2k+1, as w + 1; every other weight (0) as 01."""
+    q_w = np.zeros((1, 256), np.int8)
+    q_w[0, i] = value
+    b, k, j = i // 128, (i % 128) // 32, i % 32
+    expected = np.full((1, 64), 0b01010101, np.uint8)
+    expected[0, 32 * b + j] = (0b01010101 & ~(0b11 << (2 * k))) | ((value + 1) << (2 * k))
+    np.testing.assert_array_equal(pack_offset(q_w).codes, expected)
+
+
+@given(ternary_problems())
+def test_offset_from_packed_converts_the_old_layout_exactly(problem):
+    """Converting pack_ternary's codes gives pack_offset's codes byte for byte, padding included."""
+    _, q_w = problem
+    converted = offset_from_packed(pack_ternary(q_w))
+    np.testing.assert_array_equal(converted.codes, pack_offset(q_w).codes)
+    assert (converted.out_features, converted.in_features) == q_w.shape
+
+
+@given(ternary_problems(), st.sampled_from([None, False, True]))
+def test_offset_matmul_equals_reference_exactly(problem, parallel):
+    """The multiply-add kernel on offset codes gives exactly the int32 sum q_x @ q_w.T, serial or in parallel."""
+    q_x, q_w = problem
+    y = offset_matmul(q_x, pack_offset(q_w), parallel=parallel)
+    assert y.dtype == np.int32 and y.shape == (q_x.shape[0], q_w.shape[0])
+    np.testing.assert_array_equal(y, ternary_matmul_ref(q_x, q_w))
+
+
+@njit
+def _portable_matvec(codes, xp, nblocks, y_int):
+    ternary._offset_rows_portable(codes, 0, codes.shape[0], xp, nblocks, y_int)
+    s = offset_sum(xp)
+    for o in range(codes.shape[0]):
+        y_int[o] -= s
+
+
+@given(ternary_problems())
+def test_portable_twin_equals_reference_exactly(problem):
+    """The plain-loop twin (used on CPUs without AVX2 and without the JIT) gives the exact int32 sums too."""
+    q_x, q_w = problem
+    packed = pack_offset(q_w)
+    nb = packed.codes.shape[1] // 32
+    xp = np.zeros(128 * nb, np.int8)
+    xp[:q_x.shape[1]] = q_x[0]
+    y = np.empty(q_w.shape[0], np.int32)
+    _portable_matvec(packed.codes, xp, nb, y)
+    np.testing.assert_array_equal(y, ternary_matmul_ref(q_x[:1], q_w)[0])
+
+
+@pytest.mark.parametrize("I", [1, 127, 128, 129, 511, 512, 513, 20000])
+@pytest.mark.parametrize("O", [3, 9])
+def test_offset_matmul_is_exact_at_extreme_codes(I, O):
+    """Activations at -128 and 127 against rows of all +1, all -1 and all 0 never saturate or overflow."""
+    q_w = np.stack([np.ones(I, np.int8), -np.ones(I, np.int8), np.zeros(I, np.int8)] * (O // 3))  # (O, I)
+    q_x = np.stack([np.full(I, -128, np.int8), np.full(I, 127, np.int8)])  # (2, I)
+    y = offset_matmul(q_x, pack_offset(q_w))
+    np.testing.assert_array_equal(y[:, :3], [[-128 * I, 128 * I, 0], [127 * I, -127 * I, 0]])
+    np.testing.assert_array_equal(y, ternary_matmul_ref(q_x, q_w))
+
+
+@njit
+def _scaled_rows(codes, xp, nblocks, den, y_int, y):
+    offset_rows_scaled(codes, 0, codes.shape[0], xp, offset_sum(xp), nblocks, den, y_int, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_offset_rows_scaled_is_the_int32_sum_converted_then_divided(dtype):
+    """offset_rows_scaled writes float(y_int) / den: the plain path's ternary_matmul then one rescale."""
+    rng = np.random.default_rng(3)
+    q_w = rng.integers(-1, 2, size=(37, 300), dtype=np.int8)
+    q_x = rng.integers(-128, 128, size=(1, 300), dtype=np.int8)
+    xp = np.zeros(384, np.int8)
+    xp[:300] = q_x[0]
+    den = dtype(0.37)
+    y_int, y = np.empty(37, np.int32), np.empty(37, dtype)
+    _scaled_rows(pack_offset(q_w).codes, xp, 3, den, y_int, y)
+    np.testing.assert_array_equal(y_int, ternary_matmul_ref(q_x, q_w)[0])
+    np.testing.assert_array_equal(y, ternary_matmul_ref(q_x, q_w)[0].astype(dtype) / den)
+
+
+def test_offset_matmul_takes_a_single_vector_and_leaves_inputs_alone():
+    """A 1-D q_x gives a 1-D result equal to the matrix form's row; q_x and the codes are not modified."""
+    rng = np.random.default_rng(4)
+    q_w = rng.integers(-1, 2, size=(21, 260), dtype=np.int8)
+    q_x = rng.integers(-128, 128, size=260, dtype=np.int8)
+    packed = pack_offset(q_w)
+    before_x, before_codes = q_x.copy(), packed.codes.copy()
+    np.testing.assert_array_equal(offset_matmul(q_x, packed), ternary_matmul_ref(q_x[None], q_w)[0])
+    np.testing.assert_array_equal(q_x, before_x)
+    np.testing.assert_array_equal(packed.codes, before_codes)
+
+
+def test_offset_kernel_uses_the_u8_times_i8_multiply_add_on_avx2_hosts():
+    """On AVX2 hosts the compiled row kernel contains vpmaddubsw and vpmaddwd (else the portable twin is chosen)."""
+    if not ternary.HAVE_AVX2:
+        assert ternary._offset_rows is ternary._offset_rows_portable
+        return
+    probe = njit(lambda codes, xp, nb, y: ternary.offset_rows_int(codes, 0, codes.shape[0], xp, 0, nb, y))
+    probe(pack_offset(np.ones((4, 256), np.int8)).codes, np.zeros(256, np.int8), 2, np.empty(4, np.int32))
+    asm = probe.inspect_asm(probe.signatures[0])
+    assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+
+
+def test_offset_functions_reject_bad_input_naming_the_argument():
+    """offset_matmul, unpack_offset and offset_from_packed raise ValueErrors naming q_x or packed."""
+    packed = pack_offset(np.ones((4, 10), np.int8))
+    with pytest.raises(ValueError, match="q_x must have dtype int8"):
+        offset_matmul(np.zeros((1, 10), np.int32), packed)
+    with pytest.raises(ValueError, match=r"q_x must have shape \(N, 10\)"):
+        offset_matmul(np.zeros((1, 11), np.int8), packed)
+    with pytest.raises(ValueError, match="packed must be an OffsetPacked"):
+        offset_matmul(np.zeros((1, 10), np.int8), pack_ternary(np.ones((4, 10), np.int8)))
+    with pytest.raises(ValueError, match="packed.codes must be C-contiguous uint8"):
+        offset_matmul(np.zeros((1, 10), np.int8), OffsetPacked(packed.codes[:, :3], 4, 10))
+    with pytest.raises(ValueError, match="unused code 0b11"):
+        unpack_offset(OffsetPacked(np.full((4, 32), 0xFF, np.uint8), 4, 10))
+    with pytest.raises(ValueError, match="packed must be a PackedTernary"):
+        offset_from_packed(packed)
+
+
+def _drive_guard(guard, serial_s, parallel_s, calls):
+    """Feed a ParallelGuard synthetic times; return the choices it made."""
+    choices = []
+    for _ in range(calls):
+        p = guard.choose("k")
+        guard.record("k", p, parallel_s if p else serial_s)
+        choices.append(p)
+    return choices
+
+
+@pytest.mark.parametrize("serial_s, parallel_s, expect_parallel", [(1.0, 0.5, True), (1.0, 8.0, False)])
+def test_parallel_guard_runs_the_faster_form_and_probes_the_other_now_and_then(serial_s, parallel_s,
+                                                                               expect_parallel):
+    """After measuring both forms the guard runs the faster one, except one probe of the other per 16 calls."""
+    guard = ParallelGuard(window=5, probe=16)
+    choices = _drive_guard(guard, serial_s, parallel_s, 4 + 160)[4:]
+    faster = sum(c == expect_parallel for c in choices)
+    assert 160 - 160 // 16 - 1 <= faster < 160
+
+
+def test_parallel_guard_switches_to_serial_when_parallel_calls_start_to_overrun():
+    """When parallel calls become slower than serial ones (a busy core), the guard moves to serial within a window."""
+    guard = ParallelGuard(window=5, probe=16)
+    _drive_guard(guard, 1.0, 0.5, 50)
+    choices = _drive_guard(guard, 1.0, 20.0, 50)
+    assert all(choices[:3])  # three overrunning samples move the median of the last five
+    assert sum(choices[3:]) <= 50 // 16 + 1  # afterwards: only the probes

@@ -1,7 +1,7 @@
 """The language model end to end: golden logits, loss, gradients, decoding; properties; gradient check."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import minimmf
@@ -76,12 +76,12 @@ def test_prefill_then_step_matches_the_released_code(golden, golden_model, path)
     """Prefilling the first half, then stepping one token at a time, gives the reference's logits."""
     ids = golden["input_ids"]
     half = golden.meta["checks"]["prefill_len"]
-    logits, state = golden_model.prefill(ids[:, :half])
-    out = [logits]
+    last, state = golden_model.prefill(ids[:, :half])           # the prompt's last logits (B, V), its state
+    out = [last]
     for t in range(half, ids.shape[1]):
         step_logits, state = golden_model.step(ids[:, t], state)
-        out.append(step_logits[:, None])
-    assert np.max(np.abs(np.concatenate(out, axis=1) - golden["logits_prefill_step"])) <= 1e-4
+        out.append(step_logits)
+    assert np.max(np.abs(np.stack(out, axis=1) - golden["logits_prefill_step"][:, half - 1:])) <= 1e-4
 
 
 def test_packed_model_gives_the_same_logits_as_the_float_model(golden, golden_model, path):
@@ -112,7 +112,7 @@ def test_forward_equals_repeated_step(cfg, data):
 
 @given(cfg=tiny_configs(), data=st.data())
 def test_split_sequence_with_state_hand_off_equals_full_sequence(cfg, data):
-    """prefill(a) then prefill(b, state) gives the logits of prefill(a + b)."""
+    """prefill(a) then prefill(b, state) gives the last logits and the state of prefill(a + b)."""
     model = minimmf.MMfreeLM.init(cfg, seed=1, dtype=np.float64)
     ids = data.draw(token_batches(cfg.vocab_size, max_T=10))
     k = data.draw(st.integers(0, ids.shape[1]))
@@ -120,8 +120,11 @@ def test_split_sequence_with_state_hand_off_equals_full_sequence(cfg, data):
     if k in (0, ids.shape[1]):
         return                                  # one of the pieces would be empty
     la, state = model.prefill(ids[:, :k])
-    lb, _ = model.prefill(ids[:, k:], state)
-    np.testing.assert_allclose(np.concatenate([la, lb], axis=1), full, rtol=1e-9, atol=1e-9)
+    lb, state = model.prefill(ids[:, k:], state)
+    np.testing.assert_allclose(la, full[:, k - 1], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(lb, full[:, -1], rtol=1e-9, atol=1e-9)
+    for h, h_whole in zip(state.h, model.prefill(ids)[1].h):
+        np.testing.assert_allclose(h, h_whole, rtol=1e-9, atol=1e-9)
 
 
 @given(cfg=tiny_configs(), data=st.data())

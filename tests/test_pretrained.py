@@ -263,8 +263,8 @@ def test_cli_exports_and_generates_from_a_released_directory(tmp_path, golden, t
 
 def test_cli_generate_without_a_tokenizer_says_why(tmp_path, fp32_dir, capsys):
     """A released directory without tokenizer.json cannot generate text, and the error says so."""
-    with pytest.raises(SystemExit, match="tokenizer.json"):
-        main(["generate", "--checkpoint", str(fp32_dir), "--prompt", "x"])
+    assert main(["generate", "--checkpoint", str(fp32_dir), "--prompt", "x"]) == 2
+    assert "has no tokenizer.json" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- bad input, one test each
@@ -382,3 +382,13 @@ def test_a_directory_without_weights_or_config_says_what_is_missing(tmp_path, go
     (tmp_path / "d" / "config.json").write_text(str(golden["config_json"]))
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_pretrained(tmp_path / "d")
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": [1, 2]}', '{"weight_map": {"a": 5}}', '[]', '{"weight_map":',
+                                   '{"weight_map": {"model.norm.weight": ".."}}'])
+def test_a_malformed_shard_index_is_named(tmp_path, fp32_dir, index):
+    """An index whose weight_map is not {tensor: shard file} is a CheckpointError naming the index."""
+    out = export_hf(fp32_dir, tmp_path / "out", max_shard_bytes=20_000)
+    (out / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json"):
+        load_pretrained(out)

@@ -71,10 +71,11 @@ def test_bpe_training_is_deterministic(bpe):
     assert out.stdout == bpe.hf.to_str()
 
 
-@pytest.mark.parametrize("vocab_size", [256, 0, -5, 300.0, "300", True])
-def test_bpe_rejects_a_vocab_size_below_the_byte_alphabet(vocab_size):
-    """vocab_size must be an integer >= 257 (256 bytes + <|endoftext|>)."""
-    with pytest.raises(TokenizerError, match="vocab_size must be an integer >= 257"):
+@pytest.mark.parametrize("vocab_size", [256, 0, -5, 300.0, "300", True, 10**9, 10**20])
+def test_bpe_rejects_a_vocab_size_outside_its_range(vocab_size):
+    """vocab_size must be an integer from 257 (256 bytes + <|endoftext|>) to 2**20, checked before the
+    tokenizers library sees it (it aborts the whole process on 10**9)."""
+    with pytest.raises(TokenizerError, match=r"vocab_size \(--vocab-size\) must be an integer from 257 .* to 1,048,576"):
         train_bpe(CORPUS, vocab_size)
 
 

@@ -4,6 +4,8 @@ KV cache for decoding.
 
     layers.py   linear, rotary embeddings, causal attention, SwiGLU — forward/backward pairs
     model.py    TransformerConfig, the block, the model, TransformerPP
+
+Taught in chapter 14 (``chapters/14-matmul-free-vs-transformer.md``).
 """
 from .model import ARCHITECTURE, KVCache, TransformerConfig, TransformerPP, init_params, param_shapes
 

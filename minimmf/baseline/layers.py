@@ -6,6 +6,8 @@ here is a real floating-point matrix product — the multiplications the MatMul-
 
 Dims: B batch, T new tokens, P tokens already in the KV cache, S = P + T keys, H width, n heads, d = H / n
 head width, I SwiGLU width.
+
+Taught in chapter 14 (``chapters/14-matmul-free-vs-transformer.md``).
 """
 from __future__ import annotations
 

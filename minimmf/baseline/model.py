@@ -161,10 +161,13 @@ class ModelCache(NamedTuple):
     V: int
 
 
-def model_forward(params: dict, config: TransformerConfig, ids: np.ndarray, state: KVCache | None = None):
+def model_forward(params: dict, config: TransformerConfig, ids: np.ndarray, state: KVCache | None = None,
+                  keep_cache: bool = True):
     """Full-sequence forward, continuing ``state`` if given. Returns (logits, cache, new_state).
 
     Shapes: ids (B, T) int -> logits (B, T, V) in the dtype of the parameters.
+    ``keep_cache=False`` is inference: no block's cache is kept for a backward (``cache`` is None);
+    the KV cache, which is the decoding state, is kept either way.
     """
     h = params["embeddings"][ids]                                         # (B, T, H)
     blocks, ks, vs = [], [], []
@@ -172,12 +175,13 @@ def model_forward(params: dict, config: TransformerConfig, ids: np.ndarray, stat
         past = None if state is None else (state.k[l], state.v[l])
         h, c_block, (k, v) = block_forward(h, params["layers"][l], config.num_heads, past,
                                            config.rms_norm_eps, config.rope_theta)
-        blocks.append(c_block)
+        blocks.append(c_block if keep_cache else None)
         ks.append(k)
         vs.append(v)
     hn, c_norm = op.rmsnorm_forward(h, params["norm"], config.rms_norm_eps)
     logits, c_head = linear_forward(hn, params["lm_head"])                # (B, T, V)
-    return logits, ModelCache(ids, blocks, c_norm, c_head, config.vocab_size), KVCache(tuple(ks), tuple(vs))
+    cache = ModelCache(ids, blocks, c_norm, c_head, config.vocab_size) if keep_cache else None
+    return logits, cache, KVCache(tuple(ks), tuple(vs))
 
 
 def model_backward(dlogits: np.ndarray, cache: ModelCache) -> dict:

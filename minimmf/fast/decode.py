@@ -2,25 +2,67 @@
 per layer (``kernels/decode.py``) instead of ~40 NumPy calls, with the same bits.
 
 ``DecodePlan`` lays a packed parameter tree out once for the kernels (per layer a (9, H) stack of gains and the
-lower bound, the six weight scales, the six code matrices); ``packed_step`` runs one token through it. Batches of
-more than one sequence, and dtypes other than float32/float64, run the plain step (``packed.packed_step``).
+lower bound, the six weight scales, the six code matrices as offset codes w + 1, and every scratch buffer a step
+writes); ``packed_step`` runs one token through it. Batches of more than one sequence, and dtypes other than
+float32/float64, run the plain step (``packed.packed_step``).
+
+Two threads must never be slower than one: on a machine where another process keeps a core busy, every parallel
+region waits for a descheduled thread. So a step with more than one Numba thread available asks the plan's
+``ParallelGuard`` (``kernels/ternary.py``) whether to run on all of them or on the calling thread alone; the guard
+times both and keeps the faster, trying the other now and then (``StepGuard``).
 """
 from __future__ import annotations
 
 import numpy as np
 
+import time
+
+import numba
+
 from .. import bitlinear, packed, quant, validate
 from ..bitlinear import PackedBitLinear
 from ..kernels import fused
 from ..kernels.decode import (ATTN_NORM, G_F, G_G, G_GATE, G_I, G_NORM, G_O, LB, MLP_NORM, N_VECS, DecodeScalars,
-                              k1_projections, k2_scan, k3_output_and_gate, k4_down, k_head)
-from ..kernels.ternary import BLOCK, _n_blocks
+                              k1_projections, k2_scan, k3_output_and_gate, k4_down_and_head, k4_down_and_projections)
+from ..kernels.ternary import BLOCK, OffsetPacked, ParallelGuard, PackedTernary, _n_blocks, offset_from_packed
 from ..mlgru import lower_bounds_forward
+
+
+PROBE_COST = 0.02  # at most this fraction of the time goes to trying the form (1 thread or all) not in use
+
+
+class StepGuard(ParallelGuard):
+    """``ParallelGuard`` with the try of the other form spaced by what it costs: when the other form is r times
+    slower, it is tried every (r - 1) / PROBE_COST steps (at least every 16, at most every 1024), so trying it costs
+    about PROBE_COST of the time. (Under a busy core a 2-thread step can be 15x slower than a 1-thread one: tried
+    every 16 steps it would cost a fifth of the time.)"""
+
+    def __init__(self):
+        super().__init__(window=5, probe=16)
+
+    def choose(self, key) -> bool:
+        st = self._state.get(key)
+        if st is not None and len(st[0]) >= 2 and len(st[1]) >= 2:
+            serial, parallel = (sorted(t)[len(t) // 2] for t in st[:2])
+            ratio = max(serial, parallel) / max(min(serial, parallel), 1e-9)
+            self.probe = int(min(1024, max(16, (ratio - 1) / PROBE_COST)))
+        return super().choose(key)
+
+
+def offset_codes(pb: PackedBitLinear) -> np.ndarray:
+    """The (O, 32 nb) uint8 offset codes (w + 1) of a packed BitLinear: its own if it holds OffsetPacked, else
+    converted from the older PackedTernary layout (one table look-up per byte)."""
+    codes = pb.codes
+    if isinstance(codes, PackedTernary):
+        codes = offset_from_packed(codes)
+    assert isinstance(codes, OffsetPacked), type(codes)
+    return codes.codes
 
 
 class DecodePlan:
     """What a step needs from a packed parameter tree, laid out once: per layer a (9, H) stack of gains and the
-    lower bound, the six weight scales in the model's dtype, and the six code matrices (views, not copies)."""
+    lower bound, the six weight scales in the model's dtype, the six code matrices as offset codes; the scratch
+    buffers every step reuses; the guard choosing one thread or all."""
 
     def __init__(self, params: dict, config):
         E = params["embeddings"]
@@ -42,18 +84,55 @@ class DecodePlan:
             if has_lb:
                 V[LB] = lb[l]
             sw = np.array([pb.s_w for pb in projs], dt)                  # float(s_w) -> dtype, as the plain path
-            codes = tuple(pb.codes.codes for pb in projs)
+            codes = [offset_codes(pb) for pb in projs]
+            codes = [np.concatenate(codes[:3])] + codes[3:]             # f, i, g: one (3H, .) matrix
             self.layers.append((V, sw, codes, has_lb, np.ascontiguousarray(m["down_proj"].g, dt)))
         head = params["lm_head"]
         self.norm = np.ascontiguousarray(params["norm"], dt)
         self.head_g = np.ascontiguousarray(head.g, dt)
         self.head_sw = ft(head.s_w)
-        self.head_codes = head.codes.codes
-        self.I = params["layers"][0]["mlp"]["down_proj"].g.shape[0]
+        self.head_codes = offset_codes(head)
+        self._one_buffer()
+        self.I = I = params["layers"][0]["mlp"]["down_proj"].g.shape[0]
         self.H, self.V = H, config.vocab_size
-        self.scalars = DecodeScalars(norm_eps=ft(config.rms_norm_eps), bitlinear_eps=ft(bitlinear.BITLINEAR_EPS),
+        bits = np.int32 if dt == np.float32 else np.int64
+        self.ws = np.zeros((4, H), dt)                                   # scratch rows (and their bits)
+        self.ws_bits = self.ws.view(bits)
+        self.wi = np.zeros((3, I), dt)
+        self.wi_bits = self.wi.view(bits)
+        self.q3 = np.zeros((3, BLOCK * _n_blocks(H)), np.int8)           # int8 codes; the padding stays zero
+        self.qi = np.zeros(BLOCK * _n_blocks(I), np.int8)
+        self.yi = np.zeros(max(3 * H, 2 * I, self.V), np.int32)          # int32 sums
+        self.yi3 = self.yi[:3 * H].reshape(3, H)
+        self.s3 = np.empty(3, dt)
+        self.si = np.zeros(3, np.int32)                                  # sum_i q_i of the rows being multiplied
+        self.z = np.empty((3, H), dt)
+        self.e = np.empty(2 * H, dt)
+        self.gn, self.r = np.empty(H, dt), np.empty(H, dt)
+        self.x = np.empty((2, H), dt)                                    # the residual stream, layer to layer
+        self.y = np.empty(2 * I, dt)
+        self.eg = np.empty(I, dt)
+        self.guard = StepGuard()
+        self.scalars = c = DecodeScalars(norm_eps=ft(config.rms_norm_eps), bitlinear_eps=ft(bitlinear.BITLINEAR_EPS),
                                      nH=ft(H), nI=ft(self.I), qmax=ft(quant.ACT_QMAX), act_eps=ft(quant.ACT_EPS),
                                      half=ft(0.5), one=ft(1))
+        self.cs = np.array(c, dt)                                        # the scalars as the kernels take them
+
+    def _one_buffer(self) -> None:
+        """Move every code matrix into one uint8 buffer, in the order a step reads them (layer by layer: f/i/g, o,
+        gate/up, down; then the head), each matrix a C-contiguous view of it."""
+        mats = [m for _, _, codes, _, _ in self.layers for m in codes] + [self.head_codes]
+        buf = np.empty(sum(m.nbytes for m in mats), np.uint8)
+        views, at = [], 0
+        for m in mats:
+            v = buf[at:at + m.nbytes].reshape(m.shape)
+            v[...] = m
+            views.append(v)
+            at += m.nbytes
+        for l, (V, sw, _, has_lb, g_down) in enumerate(self.layers):
+            self.layers[l] = (V, sw, tuple(views[4 * l:4 * l + 4]), has_lb, g_down)
+        self.head_codes = views[-1]
+        self.codes = buf
 
 
 def plan_for(model) -> DecodePlan:
@@ -64,40 +143,37 @@ def plan_for(model) -> DecodePlan:
     return plan
 
 
-def step_arrays(plan: DecodePlan, x: np.ndarray, hs) -> tuple[np.ndarray, list]:
-    """One token through every layer and the head. Shapes: x (H,) embedding row, hs L x (H,) -> logits (V,), L x (H,).
+def step_arrays(plan: DecodePlan, x: np.ndarray, hs) -> tuple[np.ndarray, np.ndarray]:
+    """One token through every layer and the head. Shapes: x (H,) embedding row, hs L x (H,) -> logits (V,), (L, H).
 
-    (The inputs are not changed; the new states are fresh arrays.)
+    (The inputs are not changed; the logits and the new states are fresh arrays, everything else is the plan's.)
     """
-    dt, H, I = plan.dtype, plan.H, plan.I
-    ws = np.zeros((4, H), dt)                                             # scratch rows
-    ws_bits = ws.view(np.int32 if dt == np.float32 else np.int64)
-    wi = np.zeros((3, I), dt)
-    wi_bits = wi.view(np.int32 if dt == np.float32 else np.int64)
-    q3 = np.zeros((3, BLOCK * _n_blocks(H)), np.int8)                    # zero padding meets zero codes
-    qi = np.zeros(BLOCK * _n_blocks(I), np.int8)
-    s3 = np.empty(3, dt)
-    z = np.empty((3, H), dt)
-    e = np.empty(2 * H, dt)
-    gn, r = np.empty(H, dt), np.empty(H, dt)
-    y = np.empty(2 * I, dt)
-    eg = np.empty(I, dt)
-    c = plan.scalars
-    new_h = np.empty((len(plan.layers), H), dt)
-    for l, (V, sw, codes, has_lb, g_down) in enumerate(plan.layers):
-        cf, ci, cg, co, cgate, cdown = codes
-        k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q3, s3, z, e)
+    p = plan
+    cs, ws, ws_bits, q3, si, yi, yi3, z, e, r, y, eg = (p.cs, p.ws, p.ws_bits, p.q3, p.si, p.yi, p.yi3, p.z, p.e,
+                                                        p.r, p.y, p.eg)
+    H, L = p.H, len(p.layers)
+    eH, qh = e[:H], q3[0]
+    new_h = np.empty((L, H), p.dtype)
+    logits = np.empty(p.V, p.dtype)
+    V, sw, (cfig, co, cgate, cdown), has_lb, g_down = p.layers[0]
+    k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q3, p.s3, si, yi3, z, e)
+    for l in range(L):
         np.exp(e, out=e)
         h = new_h[l]
-        k2_scan(z, e, V, has_lb, hs[l], c, ws, h, gn, e[:H])
-        np.exp(e[:H], out=e[:H])
-        k3_output_and_gate(x, h, e[:H], gn, V, sw, co, cgate, c, ws, ws_bits, q3[0], r, y, eg)
+        k2_scan(z, e, V, has_lb, hs[l], cs, ws, h, p.gn, eH)
+        np.exp(eH, out=eH)
+        k3_output_and_gate(x, h, eH, p.gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg)
         np.exp(eg, out=eg)
-        x = np.empty(H, dt)
-        k4_down(r, y, eg, g_down, sw, cdown, c, wi, wi_bits, qi, x)
-    logits = np.empty(plan.V, dt)
-    k_head(x, plan.norm, plan.head_g, plan.head_sw, plan.head_codes, c, ws, ws_bits, q3[0], logits)
-    return logits, list(new_h)
+        x = p.x[l % 2]
+        if l + 1 < L:                                  # this layer's down projection, then the next layer's f, i, g
+            V2, sw2, (cfig2, co2, cgate2, cdown2), has_lb2, g_down2 = p.layers[l + 1]
+            k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, p.wi, p.wi_bits, p.qi, si, yi, x,
+                                    V2, sw2, cfig2, ws, ws_bits, q3, p.s3, yi3, z, e)
+            V, sw, co, cgate, cdown, has_lb, g_down = V2, sw2, co2, cgate2, cdown2, has_lb2, g_down2
+        else:                                          # the last layer's down projection, then the head
+            k4_down_and_head(r, y, eg, g_down, sw, cdown, cs, p.wi, p.wi_bits, p.qi, si, yi, x,
+                             p.norm, p.head_g, p.head_sw, p.head_codes, ws, ws_bits, qh, logits)
+    return logits, new_h
 
 
 def packed_step(model, token_ids, state):
@@ -109,5 +185,17 @@ def packed_step(model, token_ids, state):
     plan = plan_for(model)
     x = np.ascontiguousarray(model.params["embeddings"][ids][0], plan.dtype)   # (H,)
     hs = [np.ascontiguousarray(h[0], plan.dtype) for h in state.h]
-    logits, new_h = step_arrays(plan, x, hs)
+    n = numba.get_num_threads()
+    if n == 1:
+        logits, new_h = step_arrays(plan, x, hs)
+    else:                                                                 # all threads, or one: measured
+        parallel = plan.guard.choose(n)
+        if not parallel:
+            numba.set_num_threads(1)
+        t0 = time.perf_counter()
+        try:
+            logits, new_h = step_arrays(plan, x, hs)
+        finally:
+            numba.set_num_threads(n)
+        plan.guard.record(n, parallel, time.perf_counter() - t0)
     return logits[None, :], type(state)(tuple(h[None, :] for h in new_h))

@@ -1,7 +1,7 @@
-"""Decode kernels: one packed-model step for one token in four Numba calls per layer instead of ~40 NumPy calls.
+"""Decode kernels: one packed-model step for one token in three Numba calls per layer instead of ~40 NumPy calls.
 
 Why this file exists: at batch 1 the packed step of the 370M model spent about half its time outside the ternary
-kernel, in Python/NumPy dispatch on (1, 1, H) arrays (≈ 170 BitLinear calls and their RMSNorms, gates, scan step
+kernel, in Python/NumPy dispatch on (1, 1, H) arrays (≈ 145 BitLinear calls at the 370M shape and their RMSNorms, gates, scan step
 and residuals, a few µs each; ``benchmarks/README.md``). The readable specification is the packed model's plain
 step — ``model_forward`` with ``bitlinear_packed_forward`` — and these kernels do the SAME arithmetic in the SAME
 order, so they give the same bits (``tests/test_kernels_decode.py``). The step that calls them, with its plan of
@@ -15,13 +15,22 @@ the packed weights, is ``minimmf/fast/decode.py``:
                                                        -> NumPy: e = exp(e)
       K3  o = gn silu(h);  r = x + BitLinear_o(o);  y = BitLinear_gate(RMSNorm(r; mlp_norm));  e = -|y[:I]|
                                                        -> NumPy: e = exp(e)
-      K4  x' = r + BitLinear_down(silu(gate) up)
-    head: logits = BitLinear_head(RMSNorm(x; norm))
+      K4  x' = r + BitLinear_down(silu(gate) up)       then, in the same call, the next layer's K1 on x'
+    head: logits = BitLinear_head(RMSNorm(x; norm))     (in the last layer's K4 call)
 
 e^x is left to NumPy (as in ``fused.py``: LLVM's expf differs from NumPy's SIMD exp in the last bit), so the kernels
 stop where an exponential is needed and the caller runs ``np.exp`` in place on one small buffer. Each BitLinear's
 input side is ``fused.bitlinear_front_row`` (the same building block the training kernels use); its codes go straight
 into the zero-padded int8 row the ternary kernel reads, and the rescale happens as each output row is summed.
+
+The weights are read as offset codes (``OffsetPacked``, codes w + 1; ``kernels/ternary.py``): every output row is
+``offset_rows_scaled``'s exact int32 sum sum_i (w_i + 1) x_i - sum_i x_i, converted and divided by s_x s_w, the
+plain path's numbers. Each matrix is read once per token in one pass, split over the threads in tiles of
+OFFSET_TILE rows; the projections that read the same layer input (f, i, g, stored as one (3H, .) matrix; gate and
+up, one (2I, .) matrix) are one ``prange`` over their concatenated rows, so a layer is four passes over its
+weights, the head a fifth, and nothing else is read twice. Every buffer a kernel writes is allocated once, by the
+caller (``fast/decode.py``'s ``DecodePlan``), which also lays all the codes out in one buffer in the order a step
+reads them, so that the kernel's prefetch runs on from one matrix into the next.
 """
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
@@ -32,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fused import _sigmoid_from_e, bitlinear_front_row, rmsnorm_row
-from .ternary import BLOCK, ROWS_PER_TILE, _dot_packed_row
+from .ternary import BLOCK, OFFSET_TILE, offset_rows_scaled, offset_sum
 
 # rows of a layer's stacked (9, H) float vectors: gains and the lower bound
 ATTN_NORM, G_F, G_I, G_G, G_NORM, G_O, MLP_NORM, G_GATE, LB = range(9)
@@ -40,7 +49,10 @@ N_VECS = 9
 
 
 class DecodeScalars(NamedTuple):
-    """The scalars every decode kernel needs, each in the model's dtype (a bare Python float would promote)."""
+    """The scalars every decode kernel needs, each in the model's dtype (a bare Python float would promote).
+
+    The kernels take them as one array ``cs`` (``np.array(scalars, dtype)``: passing an array costs a fraction of
+    a microsecond, a tuple of NumPy scalars several) and rebuild the tuple inside (``_scalars``)."""
     norm_eps: np.floating       # the block and final RMSNorms' eps (config.rms_norm_eps)
     bitlinear_eps: np.floating  # BitLinear's own RMSNorm eps (bitlinear.BITLINEAR_EPS)
     nH: np.floating             # H, the width the RMSNorm means divide by
@@ -49,6 +61,12 @@ class DecodeScalars(NamedTuple):
     act_eps: np.floating        # floor on a token's max|x| (quant.ACT_EPS)
     half: np.floating           # 1/2, for rounding half away from zero
     one: np.floating
+
+
+@njit(inline="always")
+def _scalars(cs):
+    """DecodeScalars from its array form (cs[k] = the k-th field)."""
+    return DecodeScalars(cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7])
 
 
 @njit(cache=True, error_model="numpy")
@@ -62,41 +80,81 @@ def _front_row(x, g, nC, c, n, a, a_bits, q):
 
 
 @njit(inline="always")
-def _tile(xq, codes, s_x, s_w, y, o0, nblocks):
-    """y[o] = ternary(xq, codes[o]) / (s_x s_w) for the 16 rows from o0 (the plain path's int32 sum, then rescale)."""
-    acc = np.zeros(32, np.int16)
-    den = s_x * s_w
-    for o in range(o0, min(o0 + ROWS_PER_TILE, codes.shape[0])):
-        y[o] = _dot_packed_row(xq, codes[o], nblocks, acc)    # int32 -> float: exact below 2**24, as astype
-        y[o] = y[o] / den
+def _tile(xq, sum_x, codes, s_x, s_w, y_int, y, t, nblocks):
+    """y[o] = float(ternary(xq, codes[o])) / (s_x s_w) for the OFFSET_TILE rows of tile t (the plain path's int32
+    sum, then one rescale). sum_x = offset_sum(xq); y_int (>= O,) int32 scratch."""
+    o0 = t * OFFSET_TILE
+    offset_rows_scaled(codes, o0, min(o0 + OFFSET_TILE, codes.shape[0]), xq, sum_x, nblocks, s_x * s_w, y_int, y)
 
 
-# ----------------------------------------------------------------------------- the four per-layer kernels and the head
+@njit(inline="always")
+def _ntiles(rows):
+    return (rows + OFFSET_TILE - 1) // OFFSET_TILE
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def k1_projections(x, V, sw, cf, ci, cg, c, ws, ws_bits, q, s, z, e):
-    """n1 = RMSNorm(x); z[k] = BitLinear_k(n1) for k = f, i, g (one prange over 3H rows); e = -|z_f|, -|z_i|.
 
-    c: DecodeScalars; ws (4, H) scratch; q (3, 128 nb) int8.
-    """
-    H = x.shape[0]
+# ----------------------------------------------------------------------------- the steps of a layer, as building blocks
+#
+# Each pass over a weight matrix is an explicit ``prange`` in the kernel that runs it; what comes before and after
+# it (norms, fronts, gates, residuals: one thread, O(H) work) is one of these inline blocks.
+
+@njit(inline="always")
+def _projections_front(x, V, c, ws, ws_bits, q, s, si):
+    """n1 = RMSNorm(x; attn_norm); q[k], s[k] = the f, i, g BitLinears' int8 codes and scales; si[k] = sum q[k]."""
     rmsnorm_row(x, V[ATTN_NORM], c.norm_eps, c.nH, c.one, ws[0], ws[1])
     for k in range(3):
         s[k] = _front_row(ws[1], V[G_F + k], c.nH, c, ws[2], ws[3], ws_bits[3], q[k])
-    ntiles = (H + ROWS_PER_TILE - 1) // ROWS_PER_TILE
-    nb = q.shape[1] // BLOCK
-    for t in prange(3 * ntiles):
-        k = t // ntiles
-        codes = cf if k == 0 else (ci if k == 1 else cg)
-        _tile(q[k], codes, s[k], sw[k], z[k], (t % ntiles) * ROWS_PER_TILE, nb)
+        si[k] = offset_sum(q[k])
+
+
+@njit(inline="always")
+def _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb):
+    """Tile t of the f, i, g rows (cfig (3H, 32 nb): f's rows, then i's, then g's)."""
+    nt = _ntiles(H)
+    k = t // nt
+    _tile(q[k], si[k], cfig[k * H:(k + 1) * H], s[k], sw[k], yi[k], z[k], t % nt, nb)
+
+
+@njit(inline="always")
+def _projections_back(z, e):
+    """e = -|z_f|, -|z_i| (the caller takes exp of it)."""
+    H = z.shape[1]
     for j in range(H):
         e[j] = -abs(z[0, j])
         e[H + j] = -abs(z[1, j])
 
 
+@njit(inline="always")
+def _down_front(y, eg, g_down, c, wi, wi_bits, qi):
+    """a = silu(gate) up, then the down BitLinear's front: codes into qi; returns s_x."""
+    one = c.one
+    I = g_down.shape[0]
+    a = wi[0]
+    for j in range(I):
+        g = y[j]
+        a[j] = (g * _sigmoid_from_e(g, eg[j], one)) * y[I + j]
+    return _front_row(a, g_down, c.nI, c, wi[1], wi[2], wi_bits[2], qi)
+
+
+# ----------------------------------------------------------------------------- the kernels: three calls per layer
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q, s, si, yi, z, e):
+    """The first layer's input: n1 = RMSNorm(x); z[k] = BitLinear_k(n1) for k = f, i, g (one pass over the 3H rows
+    of cfig); e = -|z_f|, -|z_i|. cs: DecodeScalars as an array; ws (4, H) scratch; q (3, 128 nb) int8 (zero
+    padding); s (3,) float and si (3,) int32 scratch; yi (3, H) int32 scratch."""
+    c = _scalars(cs)
+    H = x.shape[0]
+    _projections_front(x, V, c, ws, ws_bits, q, s, si)
+    nb = q.shape[1] // BLOCK
+    for t in prange(3 * _ntiles(H)):
+        _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
+    _projections_back(z, e)
+
+
 @njit(cache=True, error_model="numpy")
-def k2_scan(z, e, V, has_lb, h0, c, ws, h, gn, eh):
+def k2_scan(z, e, V, has_lb, h0, cs, ws, h, gn, eh):
     """f = σ(z_f) (lb + (1 - lb) σ if has_lb), i = silu(z_i)(1 - f), h = f h0 + i; gn = RMSNorm(z_g); eh = -|h|."""
+    c = _scalars(cs)
     H = h.shape[0]
     one = c.one
     lb = V[LB]
@@ -112,55 +170,69 @@ def k2_scan(z, e, V, has_lb, h0, c, ws, h, gn, eh):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, c, ws, ws_bits, qh, r, y, eg):
-    """o = gn silu(h); r = x + BitLinear_o(o); y = BitLinear_gate(RMSNorm(r; mlp_norm)) (2I,); eg = -|y[:I]|."""
+def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg):
+    """o = gn silu(h); r = x + BitLinear_o(o); y = BitLinear_gate(RMSNorm(r; mlp_norm)) (2I: gate and up, one
+    pass); eg = -|y[:I]|. yi (>= 2I,) int32 scratch."""
+    c = _scalars(cs)
     H = x.shape[0]
     one = c.one
     o = ws[0]
     for j in range(H):
         o[j] = gn[j] * (h[j] * _sigmoid_from_e(h[j], eh[j], one))
     s_o = _front_row(o, V[G_O], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
-    ntiles = (H + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+    si[0] = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    for t in prange(ntiles):
-        _tile(qh, co, s_o, sw[3], r, t * ROWS_PER_TILE, nb)
+    for t in prange(_ntiles(H)):
+        _tile(qh, si[0], co, s_o, sw[3], yi, r, t, nb)
     for j in range(H):
         r[j] = x[j] + r[j]                                                 # residual 1
     rmsnorm_row(r, V[MLP_NORM], c.norm_eps, c.nH, one, ws[0], ws[1])
     s_g = _front_row(ws[1], V[G_GATE], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
-    ntiles = (cgate.shape[0] + ROWS_PER_TILE - 1) // ROWS_PER_TILE
-    for t in prange(ntiles):
-        _tile(qh, cgate, s_g, sw[4], y, t * ROWS_PER_TILE, nb)
+    si[1] = offset_sum(qh)
+    for t in prange(_ntiles(cgate.shape[0])):
+        _tile(qh, si[1], cgate, s_g, sw[4], yi, y, t, nb)
     I = y.shape[0] // 2
     for j in range(I):
         eg[j] = -abs(y[j])
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k4_down(r, y, eg, g_down, sw, cdown, c, wi, wi_bits, qi, out):
-    """a = silu(gate) up; out = r + BitLinear_down(a). wi (3, I) scratch, qi (128 nb_I,) int8."""
-    one = c.one
-    I = g_down.shape[0]
-    a = wi[0]
-    for j in range(I):
-        g = y[j]
-        a[j] = (g * _sigmoid_from_e(g, eg[j], one)) * y[I + j]
-    s_d = _front_row(a, g_down, c.nI, c, wi[1], wi[2], wi_bits[2], qi)
+def k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si, yi, out,
+                            V2, sw2, cfig2, ws, ws_bits, q, s, yi3, z, e):
+    """out = r + BitLinear_down(silu(gate) up), then the next layer's k1_projections on out (V2, sw2, cfig2):
+    nothing between the two needs an exponential, so they are one call. wi (3, I) scratch, qi (128 nb_I,) int8."""
+    c = _scalars(cs)
+    s_d = _down_front(y, eg, g_down, c, wi, wi_bits, qi)
+    si[0] = offset_sum(qi)
     H = out.shape[0]
-    ntiles = (H + ROWS_PER_TILE - 1) // ROWS_PER_TILE
-    nb = qi.shape[0] // BLOCK
-    for t in prange(ntiles):
-        _tile(qi, cdown, s_d, sw[5], out, t * ROWS_PER_TILE, nb)
+    nbi = qi.shape[0] // BLOCK
+    for t in prange(_ntiles(H)):
+        _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
     for j in range(H):
         out[j] = r[j] + out[j]                                             # residual 2
+    _projections_front(out, V2, c, ws, ws_bits, q, s, si)
+    nb = q.shape[1] // BLOCK
+    for t in prange(3 * _ntiles(H)):
+        _projections_tile(t, H, q, s, si, sw2, cfig2, yi3, z, nb)
+    _projections_back(z, e)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k_head(x, w_norm, g_head, s_w, codes, c, ws, ws_bits, qh, logits):
-    """logits = BitLinear_head(RMSNorm(x; norm))."""
-    rmsnorm_row(x, w_norm, c.norm_eps, c.nH, c.one, ws[0], ws[1])
+def k4_down_and_head(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si, yi, out,
+                     w_norm, g_head, s_w_head, chead, ws, ws_bits, qh, logits):
+    """The last layer's out = r + BitLinear_down(silu(gate) up), then logits = BitLinear_head(RMSNorm(out; norm))."""
+    c = _scalars(cs)
+    s_d = _down_front(y, eg, g_down, c, wi, wi_bits, qi)
+    si[0] = offset_sum(qi)
+    H = out.shape[0]
+    nbi = qi.shape[0] // BLOCK
+    for t in prange(_ntiles(H)):
+        _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    for j in range(H):
+        out[j] = r[j] + out[j]                                             # residual 2
+    rmsnorm_row(out, w_norm, c.norm_eps, c.nH, c.one, ws[0], ws[1])
     s = _front_row(ws[1], g_head, c.nH, c, ws[2], ws[3], ws_bits[3], qh)
-    ntiles = (codes.shape[0] + ROWS_PER_TILE - 1) // ROWS_PER_TILE
+    si[1] = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    for t in prange(ntiles):
-        _tile(qh, codes, s, s_w, logits, t * ROWS_PER_TILE, nb)
+    for t in prange(_ntiles(chead.shape[0])):
+        _tile(qh, si[1], chead, s, s_w_head, yi, logits, t, nb)
