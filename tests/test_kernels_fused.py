@@ -43,6 +43,17 @@ def test_pairwise_sum_equals_numpy_sum_bit_for_bit(seed, n, dtype):
     assert fused._pairwise_sum(a, 0, n, dtype(0)) == np.sum(a)
 
 
+def test_pairwise_sum_is_exact_at_the_edge_of_every_written_out_level_and_refuses_longer_rows():
+    """Each level of the written-out recursion takes rows up to its limit, and the deepest refuses longer rows."""
+    a = _arrays(7, fused.PW_MAX + 1, np.float32, 10.0)
+    for m in fused._PW_LIMITS[1:6]:
+        for n in (m - 1, m, m + 1):
+            assert fused._pairwise_sum(a, 3, n, np.float32(0)) == np.sum(a[3:3 + n])
+    assert fused._pairwise_sum(a, 0, fused.PW_MAX, np.float32(0)) == np.sum(a[:fused.PW_MAX])
+    with pytest.raises(ValueError, match="too long"):
+        fused._pairwise_sum(a, 0, fused.PW_MAX + 1, np.float32(0))
+
+
 def test_round_half_away_of_one_scalar_equals_quant_round_half_away():
     """The scalar rounding inside the kernels is quant.round_half_away, ties and near-ties included."""
     for dtype in (np.float32, np.float64):

@@ -152,40 +152,43 @@ def _pairwise_leaf(a, lo, n, zero):
     return res
 
 
+def _pairwise_level(lower):
+    """One level of NumPy's pairwise recursion, as its own function (Numba cannot cache a recursive one):
+    pw(lo, n) = lower(lo, n2) + lower(lo + n2, n - n2), n2 = n // 2 rounded down to a multiple of 8, down to
+    the 8-accumulator leaf at n <= 128. A level of depth k takes rows up to M_k = 2 M_(k-1) - 16 (the right half
+    is at most n / 2 + 8), M_0 = 128."""
+    @njit(cache=True, error_model="numpy")
+    def level(a, lo, n, zero):
+        if n <= PW_BLOCK:
+            return _pairwise_leaf(a, lo, n, zero)
+        n2 = n // 2
+        n2 -= n2 % 8
+        return lower(a, lo, n2, zero) + lower(a, lo + n2, n - n2, zero)
+    return level
+
+
+_PW_LEVELS = [_pairwise_leaf]
+_PW_LIMITS = [PW_BLOCK]
+for _ in range(16):                                          # rows up to 2**16 * 112 + 16 = 7,340,048 elements
+    _PW_LEVELS.append(_pairwise_level(_PW_LEVELS[-1]))
+    _PW_LIMITS.append(2 * _PW_LIMITS[-1] - 16)
+_pairwise_deep = _PW_LEVELS[-1]
+PW_MAX = _PW_LIMITS[-1]
+
+
 @njit(cache=True, error_model="numpy")
 def _pairwise_sum(a, lo, n, zero):
     """sum(a[lo:lo+n]) exactly as NumPy's pairwise summation adds a contiguous row (np.sum, np.mean).
 
     NumPy recurses: pw(lo, n) = pw(lo, n2) + pw(lo + n2, n - n2), n2 = n // 2 rounded down to a multiple of 8,
-    until n <= 128. Numba cannot load a recursive function from its cache, so the recursion runs on an explicit
-    stack of frames (lo, n, children done) and a stack of partial sums.
+    until n <= 128 (``_pairwise_level`` writes out the levels; no allocation, no stack). A row is one token's
+    activations or logits (at most 2**20, the largest vocabulary); a row longer than PW_MAX raises.
     """
     if n <= PW_BLOCK:
         return _pairwise_leaf(a, lo, n, zero)
-    frames = np.empty((64, 3), np.int64)
-    vals = np.empty(64, a.dtype)
-    frames[0, 0], frames[0, 1], frames[0, 2] = lo, n, 0
-    sp, vp = 1, 0
-    while sp > 0:
-        flo, fn, done = frames[sp - 1, 0], frames[sp - 1, 1], frames[sp - 1, 2]
-        if fn <= PW_BLOCK:                                   # a leaf: push its sum
-            vals[vp] = _pairwise_leaf(a, flo, fn, zero)
-            vp += 1
-            sp -= 1
-            continue
-        n2 = fn // 2
-        n2 -= n2 % 8
-        if done == 2:                                        # both halves summed: left + right
-            vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
-            vp -= 1
-            sp -= 1
-            continue
-        frames[sp - 1, 2] = done + 1
-        frames[sp, 0] = flo if done == 0 else flo + n2
-        frames[sp, 1] = n2 if done == 0 else fn - n2
-        frames[sp, 2] = 0
-        sp += 1
-    return vals[0]
+    if n > PW_MAX:
+        raise ValueError("row too long for the pairwise sum")
+    return _pairwise_deep(a, lo, n, zero)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -266,13 +269,14 @@ def _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, lo, hi):
 
 @njit(cache=True, error_model="numpy")
 def _rmsnorm_bwd_dw(dy, x, rstd, dw, zero, c0, c1):
-    for j in range(c0, c1):
-        dw[j] = zero
+    out = dw[c0:c1]                                          # (slices: a loop from 0 vectorises, one from c0 not)
+    for j in range(out.shape[0]):
+        out[j] = zero
     for r in range(x.shape[0]):                              # rows summed in order, as np.sum(axis=0)
-        xr, dyr = x[r], dy[r]
+        xr, dyr = x[r, c0:c1], dy[r, c0:c1]
         rs = rstd[r]
-        for j in range(c0, c1):
-            dw[j] += dyr[j] * (xr[j] * rs)
+        for j in range(out.shape[0]):
+            out[j] += dyr[j] * (xr[j] * rs)
 
 
 @njit(parallel=True, cache=True)
@@ -463,12 +467,13 @@ def _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, t, lo, hi
 @njit(cache=True, error_model="numpy")
 def _column_sums(t, out, zero, c0, c1):
     """out[j] = 0 + the sum over rows r, in order, of t[r, j], for columns [c0, c1) (np.sum(t, axis=0)'s bits)."""
-    for j in range(c0, c1):
-        out[j] = zero
+    o = out[c0:c1]                                           # (slices: a loop from 0 vectorises, one from c0 not)
+    for j in range(o.shape[0]):
+        o[j] = zero
     for r in range(t.shape[0]):
-        tr = t[r]
-        for j in range(c0, c1):
-            out[j] += tr[j]
+        tr = t[r, c0:c1]
+        for j in range(o.shape[0]):
+            o[j] += tr[j]
 
 
 @njit(parallel=True, cache=True)
@@ -721,8 +726,8 @@ def cross_entropy_backward(probs: np.ndarray, target: np.ndarray, count: int) ->
 @njit(cache=True, error_model="numpy")
 def _scatter_add_rows(ids, dh, dE, c0, c1):
     for k in range(ids.shape[0]):                        # tokens in order, columns [c0, c1)
-        row, src = dE[ids[k]], dh[k]
-        for j in range(c0, c1):
+        row, src = dE[ids[k], c0:c1], dh[k, c0:c1]
+        for j in range(row.shape[0]):
             row[j] += src[j]
 
 
