@@ -53,6 +53,11 @@ try:                                        # the process setup `minimmf train` 
     from minimmf.fast.memory import prepare_process
 except ImportError:
     prepare_process = None
+try:
+    from minimmf.threads import sleeping_workers
+    sleeping_workers()                      # before set_threads starts Numba's workers
+except ImportError:
+    pass
 V, H, L, I, B, T, threads = json.loads(sys.argv[1])
 set_threads(threads)
 model = MMfreeLM.init(MMfreeConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, intermediate_size=I), seed=0)

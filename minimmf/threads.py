@@ -21,6 +21,23 @@ import numba
 from threadpoolctl import threadpool_limits
 
 
+def sleeping_workers() -> bool:
+    """Make Numba's idle OpenMP workers sleep at once instead of spinning (``OMP_WAIT_POLICY=passive``), for a
+    training process. A training step alternates BLAS products (OpenBLAS's own threads) with Numba kernels; on 2
+    cores, workers of one pool that spin while the other pool works take the core it needs. Measured at the
+    character shape on 2 threads (``benchmarks/README.md``, "Two threads"): 1.4x faster with sleeping workers,
+    where spinning ones made 2 threads no faster than 1. Not for decoding, whose many tiny parallel regions
+    pay a wake-up each. The OpenMP runtime reads the setting once, when Numba first starts its threads: returns
+    False (and changes nothing) if that has happened already or the user set the variable."""
+    import os
+
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    return True
+
+
 def max_threads() -> int:
     """The number of threads Numba was configured with (by default, the number of cores)."""
     return numba.config.NUMBA_NUM_THREADS

@@ -322,8 +322,10 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
     ``stop_after`` ends the run at that step as an interruption would (for tests): saved, then return.
     """
     from .data import encode_split, load_corpus, sample_batch, split_text
+    from .threads import sleeping_workers
     from .tokenizer import train_bpe, train_char
 
+    sleeping_workers()                           # before any kernel starts Numba's threads (threads.py says why)
     out = Path(out)
     _check_writable(out)
     state = {}
