@@ -52,14 +52,10 @@ class Recipe:
 # Measured choices (benchmarks/README.md, "Recipes: the sweep"); rows in increasing budget.
 RECIPES = {
     "char": (
-        Recipe(minutes=1, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=12, seq_len=64,
+        Recipe(minutes=1, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=128,
                lr=6e-3),
-        Recipe(minutes=2, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=12, seq_len=64,
+        Recipe(minutes=5, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=128,
                lr=6e-3),
-        Recipe(minutes=5, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=64,
-               lr=5e-3),
-        Recipe(minutes=10, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=64,
-               lr=5e-3),
     ),
     "bpe": (
         Recipe(minutes=1, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=64,
