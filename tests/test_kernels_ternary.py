@@ -11,6 +11,7 @@ from minimmf.kernels.ternary import (
     PackedTernary,
     OffsetPacked,
     ParallelGuard,
+    as_offset,
     float_ternary_matmul,
     float_ternary_matmul_ref,
     offset_from_packed,
@@ -97,11 +98,13 @@ def test_ternary_matmul_accepts_non_contiguous_activations_and_leaves_inputs_alo
 
 @given(ternary_problems(), st.sampled_from([np.float32, np.float64]))
 def test_float_ternary_matmul_equals_reference_within_rounding(problem, dtype):
-    """dy @ q_w by additions and subtractions equals the reference up to the summation order's rounding."""
+    """dy @ q_w by additions and subtractions equals the reference up to the summation order's rounding, on offset
+    codes and, converted, on the older layout (the same bits)."""
     _, q_w = problem
     rng = np.random.default_rng(q_w.size)
     dy = rng.standard_normal((3, q_w.shape[0])).astype(dtype)
-    dx = float_ternary_matmul(dy, pack_ternary(q_w))
+    dx = float_ternary_matmul(dy, pack_offset(q_w))
+    np.testing.assert_array_equal(float_ternary_matmul(dy, pack_ternary(q_w)), dx)
     assert dx.dtype == dtype and dx.shape == (3, q_w.shape[1])
     # Any order of O additions of +/-dy is within O * eps * sum|dy| of the exact sum.
     bound = q_w.shape[0] * np.finfo(dtype).eps * np.abs(dy).astype(np.float64).sum(axis=1, keepdims=True)
@@ -114,7 +117,9 @@ def test_float_ternary_matmul_is_exact_on_integer_valued_gradients():
     rng = np.random.default_rng(2)
     q_w = rng.integers(-1, 2, size=(50, 260), dtype=np.int8)
     dy = rng.integers(-100, 100, size=(4, 50)).astype(np.float32)
-    np.testing.assert_array_equal(float_ternary_matmul(dy, pack_ternary(q_w)), float_ternary_matmul_ref(dy, q_w))
+    np.testing.assert_array_equal(float_ternary_matmul(dy, pack_offset(q_w)), float_ternary_matmul_ref(dy, q_w))
+    big = rng.integers(-100, 100, size=(64, 50)).astype(np.float32)          # enough work for the parallel kernel
+    np.testing.assert_array_equal(float_ternary_matmul(big, pack_offset(q_w)), float_ternary_matmul_ref(big, q_w))
 
 
 BAD_Q_W = [
@@ -192,6 +197,25 @@ def test_offset_matmul_equals_reference_exactly(problem, parallel):
     y = offset_matmul(q_x, pack_offset(q_w), parallel=parallel)
     assert y.dtype == np.int32 and y.shape == (q_x.shape[0], q_w.shape[0])
     np.testing.assert_array_equal(y, ternary_matmul_ref(q_x, q_w))
+
+
+@given(ternary_problems())
+def test_as_offset_keeps_offset_codes_and_converts_the_older_layout(problem):
+    """as_offset returns an OffsetPacked unchanged (the same object) and converts a PackedTernary to pack_offset's
+    bytes; the product on either is the reference's."""
+    q_x, q_w = problem
+    op = pack_offset(q_w)
+    assert as_offset(op) is op
+    converted = as_offset(pack_ternary(q_w))
+    assert isinstance(converted, OffsetPacked)
+    np.testing.assert_array_equal(converted.codes, op.codes)
+    np.testing.assert_array_equal(offset_matmul(q_x, converted), ternary_matmul_ref(q_x, q_w))
+
+
+def test_as_offset_rejects_anything_else_naming_packed():
+    """as_offset of a bare array is a ValueError naming packed and the two accepted layouts."""
+    with pytest.raises(ValueError, match="packed must be an OffsetPacked"):
+        as_offset(np.zeros((4, 32), np.uint8))
 
 
 @njit
