@@ -286,6 +286,8 @@ class PackedMMfreeLM(MMfreeLM):
     # -- threads: two must never be slower than one
 
     num_threads: int | None = None      # Numba threads for this model's kernels; None: Numba's current setting
+    guard_threads: bool = True          # with > 1 thread, each step measured and run on one when that is faster
+                                        # (fast/decode.py's StepGuard); False: every step on all of them
 
     def prefill(self, input_ids, state=None):
         with _numba_threads(self.num_threads):

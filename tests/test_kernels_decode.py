@@ -223,3 +223,60 @@ def test_two_thread_steps_run_both_forms_give_the_same_bits_and_restore_the_thre
         numba.set_num_threads(old)
     guard = decode.plan_for(packed).guard
     assert guard.n_calls == 6 and 0 < guard.parallel_share() < 1          # both forms measured first
+
+
+def test_step_guard_spaces_its_tries_of_the_slower_form_so_they_cost_about_two_percent():
+    """With the other form r times slower, StepGuard tries it every (r - 1) / PROBE_COST steps (16 to 1024): over
+    3000 steps the tries cost at most ~2 PROBE_COST of the time, whichever form is the slower."""
+    for serial_s, parallel_s in ((1.0, 15.0), (1.0, 0.5), (1.0, 3.0)):
+        guard = decode.StepGuard()
+        spent = best = 0.0
+        for _ in range(3000):
+            p = guard.choose(2)
+            t = parallel_s if p else serial_s
+            guard.record(2, p, t)
+            spent += t
+            best += min(serial_s, parallel_s)
+        assert spent / best - 1 <= 2 * decode.PROBE_COST, (serial_s, parallel_s, spent / best)
+        assert guard.probe == int(min(1024, max(16, (max(serial_s, parallel_s) / min(serial_s, parallel_s) - 1)
+                                                 / decode.PROBE_COST)))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_steps_fall_back_to_one_thread_when_a_step_on_two_overran_and_can_be_forced_onto_two(monkeypatch):
+    """With scripted step times (the guard's clock injected: a 2-thread step costs 10, a 1-thread step 1, as under a
+    busy core), after the first four measured steps every step runs on one thread, with the plain step's bits;
+    with guard_threads = False every step runs on both."""
+    config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=64, num_hidden_layers=2)
+    packed = _packed(config, 5)
+    clock = _FakeClock()
+    real = decode.step_arrays
+    threads_seen = []
+
+    def scripted(plan, x, hs):
+        threads_seen.append(numba.get_num_threads())
+        clock.now += 10.0 if threads_seen[-1] > 1 else 1.0
+        return real(plan, x, hs)
+
+    monkeypatch.setattr(decode, "step_arrays", scripted)
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        decode.plan_for(packed).guard.clock = clock
+        _assert_steps_equal(packed, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        assert threads_seen[:4] == [2, 1, 2, 1] and threads_seen[4:] == [1] * 6
+        assert numba.get_num_threads() == 2
+        packed.guard_threads = False
+        threads_seen.clear()
+        _assert_steps_equal(packed, [1, 2, 3])
+        assert threads_seen == [2, 2, 2]
+    finally:
+        numba.set_num_threads(old)
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now

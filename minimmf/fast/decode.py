@@ -10,8 +10,10 @@ float32/float64, run the plain step (``packed.packed_step``).
 
 Two threads must never be slower than one: on a machine where another process keeps a core busy, every parallel
 region waits for a descheduled thread. So a step with more than one Numba thread available asks the plan's
-``ParallelGuard`` (``kernels/ternary.py``) whether to run on all of them or on the calling thread alone; the guard
-times both and keeps the faster, trying the other now and then (``StepGuard``).
+``StepGuard`` (a ``ParallelGuard``, ``kernels/ternary.py``) whether to run on all of them or on the calling thread
+alone: it times steps of both forms, falls back to one thread as soon as a step on all of them overran the
+one-thread estimate, and tries the form not in use now and then (as often as costs about PROBE_COST of the time).
+``model.guard_threads = False`` turns the guard off (every step on all threads: what benchmarks compare against).
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ class StepGuard(ParallelGuard):
     about PROBE_COST of the time. (Under a busy core a 2-thread step can be 15x slower than a 1-thread one: tried
     every 16 steps it would cost a fifth of the time.)"""
 
-    def __init__(self):
-        super().__init__(window=5, probe=16)
+    def __init__(self, clock=time.perf_counter):
+        super().__init__(window=5, probe=16, clock=clock)
 
     def choose(self, key) -> bool:
         st = self._state.get(key)
@@ -194,16 +196,17 @@ def packed_step(model, token_ids, state):
     x = np.ascontiguousarray(model.params["embeddings"][ids][0], plan.dtype)   # (H,)
     hs = [np.ascontiguousarray(h[0], plan.dtype) for h in state.h]
     n = numba.get_num_threads()
-    if n == 1:
+    if n == 1 or not getattr(model, "guard_threads", True):
         logits, new_h = step_arrays(plan, x, hs)
     else:                                                                 # all threads, or one: measured
-        parallel = plan.guard.choose(n)
+        guard = plan.guard
+        parallel = guard.choose(n)
         if not parallel:
             numba.set_num_threads(1)
-        t0 = time.perf_counter()
+        t0 = guard.clock()
         try:
             logits, new_h = step_arrays(plan, x, hs)
         finally:
             numba.set_num_threads(n)
-        plan.guard.record(n, parallel, time.perf_counter() - t0)
+        guard.record(n, parallel, guard.clock() - t0)
     return logits[None, :], type(state)(tuple(h[None, :] for h in new_h))

@@ -637,14 +637,17 @@ class ParallelGuard:
 
     On a quiet 2-core machine two threads are ~2x faster than one; while another process keeps a core busy a
     ``prange`` region waits for its descheduled thread and can take many times longer than one thread alone.
-    ``guard.call(fn, *args, key=...)`` runs ``fn(*args, parallel=p)`` and times it. Per key (e.g. a shape) it keeps
-    the last ``window`` times of each form and runs the form whose median is lower; every ``probe`` calls it runs
-    the other form once, so that it notices when the machine becomes quiet (or busy) again. A parallel call that
-    overran (slower than the serial median) thus moves the choice to serial after a few calls at most.
+    ``guard.call(fn, *args, key=...)`` runs ``fn(*args, parallel=p)`` and times it with ``clock`` (injectable, so
+    that tests can script the times). Per key (e.g. a shape) it keeps the last ``window`` times of each form; the
+    median of the serial ones is the one-thread estimate. After both forms have run twice (alternating), it runs
+    the parallel form while the latest parallel call took less than that estimate: a parallel call that overran it
+    moves the choice to serial at once. Every ``probe`` calls it runs the form not in use once, so that it notices
+    when the machine becomes quiet again (a parallel probe under the estimate moves the choice back) and keeps
+    the estimate fresh.
     """
 
-    def __init__(self, window: int = 5, probe: int = 16):
-        self.window, self.probe = window, probe
+    def __init__(self, window: int = 5, probe: int = 16, clock=time.perf_counter):
+        self.window, self.probe, self.clock = window, probe, clock
         self._state = {}  # key -> [serial times, parallel times, calls, parallel is faster]
         self.n_parallel = self.n_calls = 0
 
@@ -665,8 +668,8 @@ class ParallelGuard:
         if len(times) > self.window:
             del times[0]
         st[2] += 1
-        if st[0] and st[1]:
-            st[3] = sorted(st[1])[len(st[1]) // 2] < sorted(st[0])[len(st[0]) // 2]
+        if st[0] and st[1]:  # the latest parallel time against the one-thread estimate
+            st[3] = st[1][-1] < sorted(st[0])[len(st[0]) // 2]
         self.n_calls += 1
         self.n_parallel += parallel
 
@@ -675,9 +678,9 @@ class ParallelGuard:
         if key is None:
             key = tuple(getattr(a, "shape", None) or getattr(getattr(a, "codes", None), "shape", None) for a in args)
         parallel = self.choose(key)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = fn(*args, parallel=parallel)
-        self.record(key, parallel, time.perf_counter() - t0)
+        self.record(key, parallel, self.clock() - t0)
         return out
 
     def parallel_share(self) -> float:
