@@ -153,8 +153,9 @@ def prefill_rate(model, repeats: int) -> float:
 def loaded_rates(packed, n_decode: int, n_max: int, repeats: int = 7) -> list[dict]:
     """Packed decode tok/s while one core is kept busy, side by side: 1 thread, n_max threads forced, n_max threads
     with the guard choosing per step (and the share of steps it ran on all threads). One background process for
-    all three; the modes take turns, repeat after repeat, so that a change in the machine's other load falls on
-    all of them; medians over the repeats."""
+    all three; the modes take turns, repeat after repeat and in rotated order, so that a change in the machine's
+    other load, or what one mode leaves behind (a spinning worker, caches), falls on all of them; medians over the
+    repeats."""
     modes = [("1 thread", 1, True)]
     if n_max > 1:
         modes += [(f"{n_max} threads, forced", n_max, False), (f"{n_max} threads allowed, automatic", n_max, True)]
@@ -171,7 +172,7 @@ def loaded_rates(packed, n_decode: int, n_max: int, repeats: int = 7) -> list[di
     saved = packed.num_threads
     with BackgroundLoad():
         for rep in range(repeats + 1):                         # the first round warms up (not kept)
-            for label, n, guarded in modes:
+            for label, n, guarded in modes[rep % len(modes):] + modes[:rep % len(modes)]:   # each follows each
                 set_threads(n)
                 packed.num_threads, packed.guard_threads = n, guarded
                 run(1)                                         # the plan exists, the thread count is settled
