@@ -34,39 +34,22 @@ from ..mlgru import lower_bounds_forward
 PROBE_COST = 0.02  # at most this fraction of the time goes to trying the form (1 thread or all) not in use
 
 
-def _median(times: list) -> float:
-    return sorted(times)[len(times) // 2]
-
-
 class StepGuard(ParallelGuard):
-    """``ParallelGuard`` whose tries of the form not in use are paid from a budget: it keeps the time of every step
-    (``spent``) and what steps of the slower form cost beyond the faster form's median (``lost``: the tries, and a
-    step run in the form a fast try moved to before it overran), and tries the other form only while
-    ``lost`` plus the try's expected extra cost stays within PROBE_COST of ``spent``. So the guard never costs much
-    more than PROBE_COST of the time, however slow the other form is or how noisy the machine (under a busy core a
-    2-thread step can be 15x slower than a 1-thread one), and when the other form is r times slower it is tried about
-    every (r - 1) / PROBE_COST steps."""
+    """``ParallelGuard`` with the try of the other form spaced by what it costs: when the other form is r times
+    slower, it is tried every (r - 1) / PROBE_COST steps (at least every 16, at most every 1024), so trying it costs
+    about PROBE_COST of the time. (Under a busy core a 2-thread step can be 15x slower than a 1-thread one: tried
+    every 16 steps it would cost a fifth of the time.)"""
 
     def __init__(self, clock=time.perf_counter):
         super().__init__(window=5, probe=16, clock=clock)
-        self.spent = self.lost = 0.0
 
     def choose(self, key) -> bool:
         st = self._state.get(key)
-        if st is None or len(st[0]) < 2 or len(st[1]) < 2:
-            return super().choose(key)                                  # both forms measured first
-        in_use, other = (st[1], st[0]) if st[3] else (st[0], st[1])
-        extra = max(0.0, _median(other) - _median(in_use))
-        return st[3] != (self.lost + extra <= PROBE_COST * self.spent)  # the other form, when the budget allows
-
-    def record(self, key, parallel: bool, seconds: float) -> None:
-        st = self._state.get(key)
-        if st is not None and st[0] and st[1]:
-            best = min(_median(st[0]), _median(st[1]))
-            if _median(st[1] if parallel else st[0]) > best:             # a step of the slower form
-                self.lost += max(0.0, seconds - best)
-        self.spent += seconds
-        super().record(key, parallel, seconds)
+        if st is not None and len(st[0]) >= 2 and len(st[1]) >= 2:
+            serial, parallel = (sorted(t)[len(t) // 2] for t in st[:2])
+            ratio = max(serial, parallel) / max(min(serial, parallel), 1e-9)
+            self.probe = int(min(1024, max(16, (ratio - 1) / PROBE_COST)))
+        return super().choose(key)
 
 
 def _address(a: np.ndarray) -> int:
