@@ -15,7 +15,8 @@ For every shape (out x in) of the table, mode and thread count it times, each as
 
 "hot": one matrix used again and again (it stays in the caches); "cold": a ring of distinct matrices whose total
 size is at least twice the last-level cache, used in turn (weights come from DRAM). Each cell is the best of
-``--passes`` passes (the machine may be shared: the load average is printed before and after).
+``--passes`` passes (the machine may be shared: the load average is printed before and after). A second table
+shows minimmf offset and ggml TQ2_0 again with one column per thread count (1 and 2 threads side by side).
 """
 
 import argparse
