@@ -9,8 +9,10 @@ For each shape (random weights rounded to bf16, as a bf16 checkpoint would load;
     prefill tokens/s     a 512-token prompt in one call, packed vs float
     memory               resident bytes of the packed model vs the float32 model
     threads              all of the above at 1 and 2 threads (Numba and OpenBLAS pools set together)
-    background load      with --background-load, packed decode again at each thread count while a process this
-                         script starts keeps one core busy (a busy loop; stopped right after)
+    background load      with --background-load, packed decode again while a process this script starts keeps one
+                         core busy (a busy loop; stopped right after), side by side in one run: 1 thread,
+                         2 threads forced (guard_threads = False), and the automatic choice (the step's guard
+                         decides per step from its own timings; the share of steps it ran on 2 threads)
 
 Run from the repository root:  python benchmarks/bench_decode.py [--json PATH] [--shapes 370m 1.3b]
 Medians of several repeats; the machine may be shared, so the load average is printed at start and end, and
@@ -148,6 +150,47 @@ def prefill_rate(model, repeats: int) -> float:
     return PREFILL_T / median_time(lambda: model.prefill(ids), repeats)
 
 
+def loaded_rates(packed, n_decode: int, n_max: int, repeats: int = 7) -> list[dict]:
+    """Packed decode tok/s while one core is kept busy, side by side: 1 thread, n_max threads forced, n_max threads
+    with the guard choosing per step (and the share of steps it ran on all threads). One background process for
+    all three; the modes take turns, repeat after repeat and in rotated order, so that a change in the machine's
+    other load, or what one mode leaves behind (a spinning worker, caches), falls on all of them; medians over the
+    repeats."""
+    modes = [("1 thread", 1, True)]
+    if n_max > 1:
+        modes += [(f"{n_max} threads, forced", n_max, False), (f"{n_max} threads allowed, automatic", n_max, True)]
+    _, state = packed.prefill(np.array([[1, 2, 3, 4]]))
+    tok = np.array([5])
+    times = {m[0]: [] for m in modes}
+    steps = {m[0]: [0, 0] for m in modes}                      # guarded steps, of which on all threads
+
+    def run(n=n_decode):
+        s = state
+        for _ in range(n):
+            _, s = packed.step(tok, s)
+
+    saved = packed.num_threads
+    with BackgroundLoad():
+        for rep in range(repeats + 1):                         # the first round warms up (not kept)
+            for label, n, guarded in modes[rep % len(modes):] + modes[:rep % len(modes)]:   # each follows each
+                set_threads(n)
+                packed.num_threads, packed.guard_threads = n, guarded
+                run(1)                                         # the plan exists, the thread count is settled
+                guard = packed._decode_plan.guard
+                calls, par = guard.n_calls, guard.n_parallel
+                t0 = time.perf_counter()
+                run()
+                if rep:
+                    times[label].append(time.perf_counter() - t0)
+                    steps[label][0] += guard.n_calls - calls
+                    steps[label][1] += guard.n_parallel - par
+        load = os.getloadavg()[0]
+    packed.num_threads, packed.guard_threads = saved, True
+    return [{"mode": label, "threads": n, "tok_s": n_decode / float(np.median(times[label])), "load_avg": load,
+             "share_on_all_threads": steps[label][1] / steps[label][0] if steps[label][0] else None}
+            for label, n, _ in modes]
+
+
 class BackgroundLoad:
     """A second process keeping one core busy (a busy loop) while the block runs."""
 
@@ -196,11 +239,7 @@ def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool, pa
                 t["prefill_float"] = prefill_rate(model, 1 if (quick or big) else 2)
         r["threads"][n] = t
     if background:
-        for n in threads:
-            set_threads(n)
-            with BackgroundLoad():
-                r["threads"][n]["decode_packed_loaded"] = decode_rate(packed, n_decode, repeats=5)
-                r["threads"][n]["load_avg_loaded"] = os.getloadavg()[0]
+        r["loaded"] = loaded_rates(packed, n_decode, max(threads))
     for n, t in r["threads"].items():                          # bounds with the best bandwidth seen
         t["copy_bandwidth"] = bw[n]
         for kind in ("packed", "fp32"):
@@ -226,6 +265,7 @@ def fmt_bytes(b: float) -> str:
 
 def report(res: dict) -> str:
     out = []
+    cpu = res.get("cpu", "?")
     for r in res["shapes"]:
         out.append(f"\n## {r['shape']}: L={r['L']} H={r['H']} I={r['I']} V={r['V']}, {r['params'] / 1e6:,.0f} M "
                    f"parameters (random, bf16-valued); init {r['init_s']:.1f} s, pack() {r['pack_s']:.1f} s; "
@@ -236,22 +276,17 @@ def report(res: dict) -> str:
                    f"fp32 {fmt_bytes(r['bytes_per_token_fp32'])}; max |logit diff| packed vs float on 5 tokens: "
                    f"{r['max_abs_logit_diff_packed_vs_float']:.2e}")
         if "decode_float" not in next(iter(r["threads"].values())):   # --packed-only
-            loaded = "decode_packed_loaded" in next(iter(r["threads"].values()))
-            out.append("\n| threads | packed step tok/s | packed bound tok/s | packed % of bound | copy bw GB/s"
-                       + (" | with one core busy: tok/s | % of bound | load avg |" if loaded else " |"))
-            out.append("|" + "---|" * (8 if loaded else 5))
+            out.append("\n| threads | packed step tok/s | packed bound tok/s | packed % of bound | copy bw GB/s |")
+            out.append("|" + "---|" * 5)
             for n, t in r["threads"].items():
                 out.append(f"| {n} | {t['decode_packed']:.1f} | {t['bound_packed']:.0f} "
-                           f"| {100 * t['fraction_of_bound_packed']:.0f}% | {t['copy_bandwidth'] / 1e9:.1f} |"
-                           + (f" {t['decode_packed_loaded']:.1f} | {100 * t['decode_packed_loaded'] / t['bound_packed']:.0f}%"
-                              f" | {t['load_avg_loaded']:.2f} |" if loaded else ""))
+                           f"| {100 * t['fraction_of_bound_packed']:.0f}% | {t['copy_bandwidth'] / 1e9:.1f} |")
             out.append(f"\npacked.tune_threads() chose {r['tuned_threads']} thread(s): "
                        f"{r['decode_packed_tuned']:.1f} tok/s")
             if len(r["threads"]) == 2:
                 t1, t2 = r["threads"][1], r["threads"][2]
-                out.append(f"\n2 threads ÷ 1 thread: packed decode {t2['decode_packed'] / t1['decode_packed']:.2f}×"
-                           + (f", with one core busy {t2['decode_packed_loaded'] / t1['decode_packed_loaded']:.2f}×"
-                              if loaded else ""))
+                out.append(f"\n2 threads ÷ 1 thread: packed decode {t2['decode_packed'] / t1['decode_packed']:.2f}×")
+            out.extend(report_loaded(r, cpu))
             continue
         out.append("\n| threads | packed step tok/s | float32 step tok/s | float32 W@x floor tok/s | packed ÷ float step "
                    "| packed ÷ floor | packed bound tok/s | packed % of bound | floor % of fp32 bound "
@@ -273,7 +308,22 @@ def report(res: dict) -> str:
                           if "prefill_packed" in t2 else ""))
         out.append("copy bandwidth used for the bounds (best sample so far): " + ", ".join(
             f"{n} thread(s) {t['copy_bandwidth'] / 1e9:.1f} GB/s" for n, t in r["threads"].items()))
+        out.extend(report_loaded(r, cpu))
     return "\n".join(out)
+
+
+def report_loaded(r: dict, cpu: str) -> list[str]:
+    """The --background-load table: one core busy, 1 thread vs all threads forced vs the automatic choice."""
+    if "loaded" not in r:
+        return []
+    rows = r["loaded"]
+    out = [f"\nwith one core kept busy by a background process ({cpu}):",
+           "\n| mode | tok/s | ÷ 1 thread | steps on all threads | load avg |", "|---|---|---|---|---|"]
+    for row in rows:
+        share = row["share_on_all_threads"]
+        out.append(f"| {row['mode']} | {row['tok_s']:.1f} | {row['tok_s'] / rows[0]['tok_s']:.2f} "
+                   f"| {'' if share is None else f'{100 * share:.0f}%'} | {row['load_avg']:.2f} |")
+    return out
 
 
 def main(argv=None) -> int:
@@ -312,7 +362,7 @@ def main(argv=None) -> int:
         r = bench_shape(name, SHAPES[name], args.threads, res["copy_bandwidth"], args.quick, args.packed_only,
                         args.background_load)
         res["shapes"].append(r)
-        print(report({"shapes": [r]}), flush=True)
+        print(report({"shapes": [r], "cpu": cpu}), flush=True)
     res["load_avg_end"] = os.getloadavg()[0]
     res["wall_s"] = time.perf_counter() - t_start
     print(f"\nwall time {res['wall_s']:.0f} s; load average at start {res['load_avg_start']:.2f}, "

@@ -15,7 +15,8 @@ For every shape (out x in) of the table, mode and thread count it times, each as
 
 "hot": one matrix used again and again (it stays in the caches); "cold": a ring of distinct matrices whose total
 size is at least twice the last-level cache, used in turn (weights come from DRAM). Each cell is the best of
-``--passes`` passes (the machine may be shared: the load average is printed before and after).
+``--passes`` passes (the machine may be shared: the load average is printed before and after). A second table
+shows minimmf offset and ggml TQ2_0 again with one column per thread count (1 and 2 threads side by side).
 """
 
 import argparse
@@ -111,6 +112,26 @@ def time_ggml(exe, kind, O, I, mode, threads, repeats):
     return float(line[5]) * 1e-6
 
 
+def print_thread_columns(cells, threads, with_ggml: bool) -> None:
+    """The same cells with one column per thread count, minimmf offset and ggml TQ2_0 side by side (µs)."""
+    names = ["minimmf offset"] + (["ggml TQ2_0"] if with_ggml else [])
+    cols = [(name, t) for name in names for t in threads]
+    head = [f"{name}, {t} thread{'s' if t > 1 else ''}" for name, t in cols]
+    if with_ggml:
+        head += [f"minimmf ÷ TQ2_0, {t} thread{'s' if t > 1 else ''}" for t in threads]
+    print("\n| out × in | mode | " + " | ".join(head) + " |")
+    print("|---|---|" + "---|" * len(head))
+    for O, I in SHAPES:
+        for mode in ("hot", "cold"):
+            if not all((O, I, t, mode) in cells for t in threads):
+                continue
+            row = [f"{cells[(O, I, t, mode)][name] * 1e6:,.0f}" for name, t in cols]
+            if with_ggml:
+                row += [f"{cells[(O, I, t, mode)]['minimmf offset'] / cells[(O, I, t, mode)]['ggml TQ2_0']:.2f}"
+                        for t in threads]
+            print(f"| {O} × {I} | {mode} | " + " | ".join(row) + " |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--passes", type=int, default=2, help="passes over the whole table; each cell keeps its best")
@@ -148,6 +169,7 @@ def main(argv=None):
         if exe:
             row.append(f"{got['minimmf offset'] / got['ggml TQ2_0']:.2f}")
         print("| " + " | ".join(row) + " |")
+    print_thread_columns(cells, args.threads, exe is not None)
     load1 = os.getloadavg()
     print(f"\n(µs, median of calls, best of {args.passes} passes; load average at end "
           f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; machine shared with other processes)")

@@ -34,7 +34,7 @@ import numpy as np
 
 from minimmf.bitlinear import BITLINEAR_EPS, PackedBitLinear
 from minimmf.config import MMfreeConfig
-from minimmf.kernels.ternary import unpack_ternary
+from minimmf.kernels.ternary import as_offset, unpack_offset
 from minimmf.mlgru import lower_bounds_forward
 from minimmf.quant import weight_quant
 
@@ -313,7 +313,7 @@ def compile_model(model_or_config, config="rtl2024", number_format: str | None =
 def _bitlinear_codes(p):
     """(q_w int8 (O, I), s_w float32, g) from a float BitLinear dict or a PackedBitLinear."""
     if isinstance(p, PackedBitLinear):
-        return unpack_ternary(p.codes), np.float32(p.s_w), p.g
+        return unpack_offset(as_offset(p.codes)), np.float32(p.s_w), p.g
     q, s_w = weight_quant(p["W"])
     return q, np.float32(s_w), p["g"]
 

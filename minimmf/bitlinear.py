@@ -8,8 +8,8 @@ SPEC §2. Every projection of the model, the LM head included, is a BitLinear:
 
 ``q_x @ q_w.T`` is an exact integer (each term is +q_x, 0 or -q_x). Training computes it
 with BLAS on integer-valued floats — exact, because every partial sum is an integer far
-below 2**24 — and inference computes it with the packed add/sub kernel
-(``kernels/ternary.py``). Both give the same bits.
+below 2**24 — and inference computes it on packed 2-bit codes w + 1 with the offset kernel
+(``offset_matmul``, ``kernels/ternary.py``). Both give the same bits.
 
 Backward (straight-through estimator: both quantizers act as the identity):
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import BITLINEAR_EPS   # 1e-6, fixed: the released fused kernel ignores the module's eps (SPEC §2)
 from .functional import RMSNormCache, rmsnorm_backward, rmsnorm_forward
-from .kernels.ternary import PackedTernary, pack_ternary, ternary_matmul
+from .kernels.ternary import OffsetPacked, as_offset, offset_matmul, pack_offset
 from .quant import activation_quant, weight_quant
 
 
@@ -77,8 +77,11 @@ def bitlinear_backward(dy: np.ndarray, cache: BitLinearCache):
 # ----------------------------------------------------------------------------- inference path
 
 class PackedBitLinear(NamedTuple):
-    """A BitLinear frozen for inference: 2-bit codes, one weight scale, the norm gain."""
-    codes: PackedTernary   # (O, I) ternary codes, 4 per byte
+    """A BitLinear frozen for inference: 2-bit codes, one weight scale, the norm gain.
+
+    ``codes`` is an ``OffsetPacked`` (w + 1, ``pack_offset``); one built before offset codes holds a
+    ``PackedTernary``, which is read through ``as_offset`` (converted)."""
+    codes: OffsetPacked    # (O, I) ternary codes w + 1, 4 per byte
     s_w: float             # the matrix's absmean scale
     g: np.ndarray          # (I,) RMSNorm gain
 
@@ -90,17 +93,17 @@ class PackedBitLinear(NamedTuple):
 def pack_bitlinear(p: dict) -> PackedBitLinear:
     """Quantize W once and pack its codes: the float weights are not needed afterwards."""
     q_w, s_w = weight_quant(p["W"])
-    return PackedBitLinear(pack_ternary(q_w), float(s_w), p["g"])
+    return PackedBitLinear(pack_offset(q_w), float(s_w), p["g"])
 
 
 def bitlinear_packed_forward(x: np.ndarray, pb: PackedBitLinear) -> np.ndarray:
-    """Integer inference: RMSNorm -> int8 codes -> add/sub kernel (int32) -> one rescale.
+    """Integer inference: RMSNorm -> int8 codes -> ternary product on offset codes (exact int32) -> one rescale.
 
     Gives the same numbers as ``bitlinear_forward`` without touching float weights.
     Shapes: x (..., I) float -> y (..., O).
     """
     n, _ = rmsnorm_forward(x, pb.g, BITLINEAR_EPS)            # (..., I)
     q_x, s_x = activation_quant(n.reshape(-1, n.shape[-1]))   # (N, I) int8, (N, 1)
-    acc = ternary_matmul(q_x, pb.codes)                       # (N, O) int32, adds and subtracts only
+    acc = offset_matmul(q_x, as_offset(pb.codes))             # (N, O) int32, exact
     y = acc.astype(x.dtype) / (s_x * x.dtype.type(pb.s_w))
     return y.reshape(*x.shape[:-1], pb.out_features)

@@ -3,10 +3,14 @@
 ``MMfreeLM.pack()`` returns a ``PackedMMfreeLM``: the same ``forward``, ``prefill``, ``init_state`` and
 ``step``, with every BitLinear frozen as ``PackedBitLinear`` (2-bit codes + one scale, ``bitlinear.py``):
 
-    n = RMSNorm(x; g)  ->  q_x, s_x = quant_act(n)  ->  y_int = ternary_matmul(q_x, codes)  (int32, add/sub)
+    n = RMSNorm(x; g)  ->  q_x, s_x = quant_act(n)  ->  y_int = offset_matmul(q_x, codes)  (exact int32)
     y = y_int / (s_x * s_w)                                                                (one rescale)
 
-and the float weight matrices dropped. What remains in floating point is small (norm gains, lower
+and the float weight matrices dropped. The codes are stored once, in one layout: offset codes w + 1
+(``OffsetPacked``, ``kernels/ternary.py``), every matrix a view of one uint8 buffer laid out in the order a
+decode step reads them (``adopt_packed``), so the fast step (``fast/decode.py``) reads them where they are.
+A tree holding the older ``PackedTernary`` layout (an object packed before offset codes) is converted when it
+is given to a ``PackedMMfreeLM`` (``model.params = tree``, or unpickling). What remains in floating point is small (norm gains, lower
 bounds) except the embedding table E (V, H): in the 370M model it is 33 M of the 374 M parameters, and
 in float32 it would be half the packed model's memory. ``CompactEmbedding`` stores it in fewer bits
 *without changing a single value*, so the packed model gives the same logits as the float one:
@@ -22,7 +26,8 @@ in float32 it would be half the packed model's memory. ``CompactEmbedding`` stor
 Why 12 bits suffices: within one row of a trained embedding the exponents of the non-tiny values span
 well under 15 binades, so sign + mantissa + a 4-bit exponent offset rebuild the exact bf16 pattern.
 
-``resident_bytes(model)`` counts the bytes of every array a model holds (float or packed).
+``resident_bytes(model)`` counts the bytes of every array a model holds (float or packed; for a packed model
+also what its decode plan holds once a step has built it), each buffer once.
 """
 from __future__ import annotations
 
@@ -31,10 +36,11 @@ import numpy as np
 from . import threads, validate
 from .bitlinear import PackedBitLinear, pack_bitlinear
 from .config import MMfreeConfig
+from .kernels.ternary import OffsetPacked, as_offset
 from .lm import LanguageModel
 from .model import MMfreeLM
 from .seam import op
-from .tree import leaves
+from .tree import leaves, paths, tree_map
 
 EXP_WINDOW = 15          # exponents base+1 .. base+15 fit in a nibble; nibble 0 means exponent 0
 
@@ -161,15 +167,72 @@ def pack_params(params: dict) -> dict:
     return {k: out[k] for k in params}                                # the original key order
 
 
-def _leaf_bytes(leaf) -> int:
-    if isinstance(leaf, PackedBitLinear):
-        return leaf.codes.codes.nbytes + leaf.g.nbytes + 8            # codes, gain, one float64 scale
-    return int(leaf.nbytes)
+# Per layer, the order in which a decode step reads the BitLinears (fast/decode.py: f, i, g as one pass, then o,
+# gate/up, down); the LM head comes after the last layer.
+READ_ORDER = ("f_proj", "i_proj", "g_proj", "o_proj", "gate_proj", "down_proj")
+
+
+def _read_rank(path: str) -> tuple[int, int]:
+    parts = path.split(".")
+    layer = int(parts[1]) if parts[0] == "layers" else 1 << 30
+    return layer, READ_ORDER.index(parts[-1]) if parts[-1] in READ_ORDER else len(READ_ORDER)
+
+
+def adopt_packed(params: dict) -> dict:
+    """The tree with every PackedBitLinear's codes as offset codes (a PackedTernary converted, ``as_offset``) and
+    every code matrix a C-contiguous view of one uint8 buffer, in the order a decode step reads them. Other leaves
+    are kept as they are; a tree without packed leaves is returned as it is."""
+    found = sorted(((p, leaf) for p, leaf in leaves(params) if isinstance(leaf, PackedBitLinear)),
+                   key=lambda item: _read_rank(item[0]))
+    if not found:
+        return params
+    codes = {p: as_offset(leaf.codes) for p, leaf in found}
+    buf = np.empty(sum(c.codes.nbytes for c in codes.values()), np.uint8)
+    at, new = 0, {}
+    for p, leaf in found:
+        c = codes[p]
+        view = buf[at:at + c.codes.nbytes].reshape(c.codes.shape)
+        view[...] = c.codes
+        at += c.codes.nbytes
+        new[p] = leaf._replace(codes=OffsetPacked(view, c.out_features, c.in_features))
+    return tree_map(lambda leaf, path: new.get(path, leaf), params, paths(params))
+
+
+def _arrays(obj):
+    """The NumPy arrays an object holds: itself, the fields of a packed leaf, or a decode plan's (``arrays()``)."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, PackedBitLinear):
+        return [obj.codes.codes, np.asarray(obj.g)]
+    if hasattr(obj, "arrays"):
+        return obj.arrays()
+    return []
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
 
 
 def resident_bytes(model) -> int:
-    """Bytes of every parameter array the model holds (float or packed); Python object overhead excluded."""
-    return sum(_leaf_bytes(leaf) for _, leaf in leaves(model.params))
+    """Bytes of every array the model holds (float or packed), each underlying buffer counted once, plus 8 per
+    packed scale (a Python float). A packed model's decode plan (``fast/decode.py``), once built, is included:
+    it holds views of the model's codes (no copy) and small buffers of its own. Python object overhead excluded."""
+    holders = [leaf for _, leaf in leaves(model.params)]
+    plan = getattr(model, "__dict__", {}).get("_decode_plan")
+    if plan is not None:
+        holders.append(plan)
+    roots, other = {}, 0
+    for h in holders:
+        arrays = _arrays(h)
+        if not arrays:
+            other += int(h.nbytes)                                     # e.g. CompactEmbedding
+        for a in arrays:
+            r = _root(a)
+            roots[id(r)] = r
+        other += 8 * isinstance(h, PackedBitLinear)
+    return other + sum(r.nbytes for r in roots.values())
 
 
 class PackedMMfreeLM(MMfreeLM):
@@ -186,6 +249,30 @@ class PackedMMfreeLM(MMfreeLM):
         self.params = pack_params(params)
 
     @property
+    def params(self) -> dict:
+        return self._params
+
+    @params.setter
+    def params(self, params: dict) -> None:
+        """Codes in the one layout (``adopt_packed``: older PackedTernary leaves converted); the decode plan of
+        the previous parameters is dropped."""
+        self._params = adopt_packed(params)
+        self.__dict__.pop("_decode_plan", None)
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling, also of an object saved with the older layout (its tree under "params"): converted."""
+        state = dict(state)
+        params = state.pop("_params", None) if "_params" in state else state.pop("params")
+        state.pop("_decode_plan", None)
+        self.__dict__.update(state)
+        self.params = params
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_decode_plan", None)                                # rebuilt on first use
+        return state
+
+    @property
     def dtype(self):
         return self.params["embeddings"].dtype
 
@@ -199,6 +286,8 @@ class PackedMMfreeLM(MMfreeLM):
     # -- threads: two must never be slower than one
 
     num_threads: int | None = None      # Numba threads for this model's kernels; None: Numba's current setting
+    guard_threads: bool = True          # with > 1 thread, each step measured and run on one when that is faster
+                                        # (fast/decode.py's StepGuard); False: every step on all of them
 
     def prefill(self, input_ids, state=None):
         with _numba_threads(self.num_threads):

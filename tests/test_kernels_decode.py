@@ -19,6 +19,7 @@ from minimmf import bitlinear, packed as packed_module, quant, seam
 from minimmf.fast import decode
 from minimmf.generate import generate
 from minimmf.model import MMfreeLM
+from minimmf.tree import leaves
 
 from strategies import seeds, tiny_configs
 
@@ -139,41 +140,72 @@ def test_fast_step_on_the_golden_model_gives_the_float_models_greedy_tokens(gold
 
 
 
-def _with_offset_leaves(node):
-    """The parameter tree with every PackedBitLinear's codes repacked as OffsetPacked (w + 1)."""
-    from minimmf.kernels.ternary import pack_offset, unpack_ternary
+def _with_old_leaves(node):
+    """The parameter tree with every PackedBitLinear's codes repacked in the older PackedTernary layout."""
+    from minimmf.kernels.ternary import pack_ternary, unpack_offset
     if isinstance(node, bitlinear.PackedBitLinear):
-        return node._replace(codes=pack_offset(unpack_ternary(node.codes)))
+        return node._replace(codes=pack_ternary(unpack_offset(node.codes)))
     if isinstance(node, dict):
-        return {k: _with_offset_leaves(v) for k, v in node.items()}
+        return {k: _with_old_leaves(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_with_offset_leaves(v) for v in node]
+        return [_with_old_leaves(v) for v in node]
     return node
 
 
-def test_fast_step_reads_offset_codes_whichever_layout_the_model_holds():
-    """The plan holds every matrix as offset codes (w + 1): converted from the older PackedTernary layout, or taken
-    as they are from OffsetPacked leaves; both give the plain step's bits."""
-    from minimmf.kernels.ternary import PackedTernary, pack_offset, unpack_ternary
+def test_fast_step_reads_the_models_own_codes_without_a_copy():
+    """The plan's code matrices (f, i, g stacked, o, gate/up, down, the head) are views of the model's offset codes,
+    which lie in one buffer in the order a step reads them."""
     config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=160, num_hidden_layers=2, intermediate_size=200)
-    old = _packed(config, 4)
-    plan = decode.plan_for(old)
-    f_proj = old.params["layers"][0]["attn"]["f_proj"]
-    assert isinstance(f_proj.codes, PackedTernary)
-    H = config.hidden_size
-    np.testing.assert_array_equal(plan.layers[0][2][0][:H], pack_offset(unpack_ternary(f_proj.codes)).codes)
-    np.testing.assert_array_equal(plan.head_codes, pack_offset(unpack_ternary(old.params["lm_head"].codes)).codes)
+    model = _packed(config, 4)
+    plan = decode.plan_for(model)
+    pbs = [model.params["layers"][l][part][name] for l in range(2)
+           for part, name in (("attn", "f_proj"), ("attn", "i_proj"), ("attn", "g_proj"), ("attn", "o_proj"),
+                              ("mlp", "gate_proj"), ("mlp", "down_proj"))] + [model.params["lm_head"]]
+    mats = [pb.codes.codes for pb in pbs]
+    base = mats[0].base
+    assert base is not None and all(m.base is base for m in mats)         # one buffer ...
+    starts = [m.__array_interface__["data"][0] for m in mats]
+    assert starts == sorted(starts) and sum(m.nbytes for m in mats) == base.nbytes   # ... in read order
+    for l in range(2):
+        cfig, co, cgate, cdown = plan.layers[l][2]
+        np.testing.assert_array_equal(cfig, np.concatenate(mats[6 * l:6 * l + 3]))
+        for view, own in zip((cfig, co, cgate, cdown), (mats[6 * l], mats[6 * l + 3], mats[6 * l + 4], mats[6 * l + 5])):
+            assert np.shares_memory(view, own)
+    assert np.shares_memory(plan.head_codes, mats[-1])
+
+
+def test_a_tree_in_the_older_layout_is_converted_when_given_to_the_model():
+    """A tree whose leaves hold PackedTernary codes (packed before offset codes), assigned to a packed model or
+    unpickled with it, is converted to offset codes in one buffer; the steps give the same bits as before."""
+    import pickle
+    from minimmf.kernels.ternary import OffsetPacked, PackedTernary
+    config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=160, num_hidden_layers=2, intermediate_size=200)
     new = _packed(config, 4)
-    new.params = _with_offset_leaves(new.params)
+    old_tree = _with_old_leaves(new.params)
+    assert isinstance(old_tree["lm_head"].codes, PackedTernary)
+    assigned = _packed(config, 4)
+    assigned.params = old_tree
+    state = {k: v for k, v in new.__dict__.items() if k != "_params"} | {"params": old_tree}   # an older object
+    unpickled = pickle.loads(pickle.dumps(new))
+    restored = packed_module.PackedMMfreeLM.__new__(packed_module.PackedMMfreeLM)
+    restored.__setstate__(state)
+    for m in (assigned, restored, unpickled):
+        for path, leaf in leaves(m.params):
+            if isinstance(leaf, bitlinear.PackedBitLinear):
+                assert isinstance(leaf.codes, OffsetPacked), path
+        np.testing.assert_array_equal(m.params["layers"][1]["mlp"]["down_proj"].codes.codes,
+                                      new.params["layers"][1]["mlp"]["down_proj"].codes.codes)
+        assert packed_module.resident_bytes(m) == packed_module.resident_bytes(new)
     tokens = [3, 39, 0]
-    _assert_steps_equal(old, tokens)                                       # old layout == the plain step
-    s_old, s_new = old.init_state(1), new.init_state(1)
+    _assert_steps_equal(restored, tokens)
+    states = [m.init_state(1) for m in (new, assigned, restored, unpickled)]
     for t in tokens:
-        l_old, s_old = decode.packed_step(old, np.array([t]), s_old)
-        l_new, s_new = decode.packed_step(new, np.array([t]), s_new)
-        np.testing.assert_array_equal(l_new, l_old)
-        for a, b in zip(s_new.h, s_old.h):
-            np.testing.assert_array_equal(a, b)
+        outs = [decode.packed_step(m, np.array([t]), s) for m, s in zip((new, assigned, restored, unpickled), states)]
+        states = [o[1] for o in outs]
+        for logits, st_ in outs[1:]:
+            np.testing.assert_array_equal(logits, outs[0][0])
+            for a, b in zip(st_.h, outs[0][1].h):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
@@ -191,3 +223,60 @@ def test_two_thread_steps_run_both_forms_give_the_same_bits_and_restore_the_thre
         numba.set_num_threads(old)
     guard = decode.plan_for(packed).guard
     assert guard.n_calls == 6 and 0 < guard.parallel_share() < 1          # both forms measured first
+
+
+def test_step_guard_spaces_its_tries_of_the_slower_form_so_they_cost_about_two_percent():
+    """With the other form r times slower, StepGuard tries it every (r - 1) / PROBE_COST steps (16 to 1024): over
+    3000 steps the tries cost at most ~2 PROBE_COST of the time, whichever form is the slower."""
+    for serial_s, parallel_s in ((1.0, 15.0), (1.0, 0.5), (1.0, 3.0)):
+        guard = decode.StepGuard()
+        spent = best = 0.0
+        for _ in range(3000):
+            p = guard.choose(2)
+            t = parallel_s if p else serial_s
+            guard.record(2, p, t)
+            spent += t
+            best += min(serial_s, parallel_s)
+        assert spent / best - 1 <= 2 * decode.PROBE_COST, (serial_s, parallel_s, spent / best)
+        assert guard.probe == int(min(1024, max(16, (max(serial_s, parallel_s) / min(serial_s, parallel_s) - 1)
+                                                 / decode.PROBE_COST)))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_steps_fall_back_to_one_thread_when_a_step_on_two_overran_and_can_be_forced_onto_two(monkeypatch):
+    """With scripted step times (the guard's clock injected: a 2-thread step costs 10, a 1-thread step 1, as under a
+    busy core), after the first four measured steps every step runs on one thread, with the plain step's bits;
+    with guard_threads = False every step runs on both."""
+    config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=64, num_hidden_layers=2)
+    packed = _packed(config, 5)
+    clock = _FakeClock()
+    real = decode.step_arrays
+    threads_seen = []
+
+    def scripted(plan, x, hs):
+        threads_seen.append(numba.get_num_threads())
+        clock.now += 10.0 if threads_seen[-1] > 1 else 1.0
+        return real(plan, x, hs)
+
+    monkeypatch.setattr(decode, "step_arrays", scripted)
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        decode.plan_for(packed).guard.clock = clock
+        _assert_steps_equal(packed, [1, 2, 3, 4, 5, 6, 7])
+        assert threads_seen == [2, 1, 2, 1, 1, 1, 1]
+        assert numba.get_num_threads() == 2
+        packed.guard_threads = False
+        threads_seen.clear()
+        _assert_steps_equal(packed, [1, 2])
+        assert threads_seen == [2, 2]
+    finally:
+        numba.set_num_threads(old)
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now

@@ -11,6 +11,7 @@ from minimmf.kernels.ternary import (
     PackedTernary,
     OffsetPacked,
     ParallelGuard,
+    as_offset,
     float_ternary_matmul,
     float_ternary_matmul_ref,
     offset_from_packed,
@@ -97,11 +98,13 @@ def test_ternary_matmul_accepts_non_contiguous_activations_and_leaves_inputs_alo
 
 @given(ternary_problems(), st.sampled_from([np.float32, np.float64]))
 def test_float_ternary_matmul_equals_reference_within_rounding(problem, dtype):
-    """dy @ q_w by additions and subtractions equals the reference up to the summation order's rounding."""
+    """dy @ q_w by additions and subtractions equals the reference up to the summation order's rounding, on offset
+    codes and, converted, on the older layout (the same bits)."""
     _, q_w = problem
     rng = np.random.default_rng(q_w.size)
     dy = rng.standard_normal((3, q_w.shape[0])).astype(dtype)
-    dx = float_ternary_matmul(dy, pack_ternary(q_w))
+    dx = float_ternary_matmul(dy, pack_offset(q_w))
+    np.testing.assert_array_equal(float_ternary_matmul(dy, pack_ternary(q_w)), dx)
     assert dx.dtype == dtype and dx.shape == (3, q_w.shape[1])
     # Any order of O additions of +/-dy is within O * eps * sum|dy| of the exact sum.
     bound = q_w.shape[0] * np.finfo(dtype).eps * np.abs(dy).astype(np.float64).sum(axis=1, keepdims=True)
@@ -114,7 +117,9 @@ def test_float_ternary_matmul_is_exact_on_integer_valued_gradients():
     rng = np.random.default_rng(2)
     q_w = rng.integers(-1, 2, size=(50, 260), dtype=np.int8)
     dy = rng.integers(-100, 100, size=(4, 50)).astype(np.float32)
-    np.testing.assert_array_equal(float_ternary_matmul(dy, pack_ternary(q_w)), float_ternary_matmul_ref(dy, q_w))
+    np.testing.assert_array_equal(float_ternary_matmul(dy, pack_offset(q_w)), float_ternary_matmul_ref(dy, q_w))
+    big = rng.integers(-100, 100, size=(64, 50)).astype(np.float32)          # enough work for the parallel kernel
+    np.testing.assert_array_equal(float_ternary_matmul(big, pack_offset(q_w)), float_ternary_matmul_ref(big, q_w))
 
 
 BAD_Q_W = [
@@ -192,6 +197,25 @@ def test_offset_matmul_equals_reference_exactly(problem, parallel):
     y = offset_matmul(q_x, pack_offset(q_w), parallel=parallel)
     assert y.dtype == np.int32 and y.shape == (q_x.shape[0], q_w.shape[0])
     np.testing.assert_array_equal(y, ternary_matmul_ref(q_x, q_w))
+
+
+@given(ternary_problems())
+def test_as_offset_keeps_offset_codes_and_converts_the_older_layout(problem):
+    """as_offset returns an OffsetPacked unchanged (the same object) and converts a PackedTernary to pack_offset's
+    bytes; the product on either is the reference's."""
+    q_x, q_w = problem
+    op = pack_offset(q_w)
+    assert as_offset(op) is op
+    converted = as_offset(pack_ternary(q_w))
+    assert isinstance(converted, OffsetPacked)
+    np.testing.assert_array_equal(converted.codes, op.codes)
+    np.testing.assert_array_equal(offset_matmul(q_x, converted), ternary_matmul_ref(q_x, q_w))
+
+
+def test_as_offset_rejects_anything_else_naming_packed():
+    """as_offset of a bare array is a ValueError naming packed and the two accepted layouts."""
+    with pytest.raises(ValueError, match="packed must be an OffsetPacked"):
+        as_offset(np.zeros((4, 32), np.uint8))
 
 
 @njit
@@ -306,10 +330,44 @@ def test_parallel_guard_runs_the_faster_form_and_probes_the_other_now_and_then(s
     assert 160 - 160 // 16 - 1 <= faster < 160
 
 
-def test_parallel_guard_switches_to_serial_when_parallel_calls_start_to_overrun():
-    """When parallel calls become slower than serial ones (a busy core), the guard moves to serial within a window."""
+def test_parallel_guard_switches_to_serial_at_the_first_parallel_call_that_overruns():
+    """When a parallel call takes longer than the one-thread estimate (a busy core), the guard runs serial from the
+    next call on, except one probe of the parallel form per 16 calls."""
     guard = ParallelGuard(window=5, probe=16)
     _drive_guard(guard, 1.0, 0.5, 50)
     choices = _drive_guard(guard, 1.0, 20.0, 50)
-    assert all(choices[:3])  # three overrunning samples move the median of the last five
-    assert sum(choices[3:]) <= 50 // 16 + 1  # afterwards: only the probes
+    assert choices[0] and not any(choices[1:12])  # one overrun is enough
+    assert sum(choices[1:]) <= 50 // 16 + 1  # afterwards: only the probes
+
+
+def test_parallel_guard_returns_to_parallel_at_the_first_probe_after_the_machine_is_quiet_again():
+    """A parallel probe that beats the one-thread estimate moves the choice back to the parallel form."""
+    guard = ParallelGuard(window=5, probe=16)
+    _drive_guard(guard, 1.0, 20.0, 40)
+    choices = _drive_guard(guard, 1.0, 0.5, 40)
+    first = choices.index(True)
+    assert first < 16 and all(choices[first:first + 15])
+
+
+class _FakeClock:
+    """A clock that moves only when told to: the timed work advances it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_parallel_guard_call_times_the_work_with_the_clock_it_is_given():
+    """guard.call runs fn(*args, parallel=choice) and records the time its clock reports for it: with scripted
+    times (serial 1, parallel 3) the calls after the first four are serial, except the probes."""
+    clock = _FakeClock()
+    guard = ParallelGuard(window=5, probe=16, clock=clock)
+
+    def work(x, parallel):
+        clock.now += 3.0 if parallel else 1.0
+        return x + 1
+
+    assert [guard.call(work, k, key="k") for k in range(40)] == list(range(1, 41))
+    assert guard.n_calls == 40 and guard.n_parallel <= 2 + 40 // 16 + 1

@@ -82,18 +82,18 @@ def test_transformer_counts_match_a_real_step(monkeypatch):
 
 
 def test_mmfree_counts_match_a_real_packed_step(monkeypatch):
-    """Wrapping the add/sub kernel during PackedMMfreeLM.step counts exactly the derived additions of the
+    """Wrapping the packed kernel during PackedMMfreeLM.step counts exactly the derived additions of the
     matrix products, and the packed bytes it is handed equal the derived weight bytes."""
     cfg = minimmf.MMfreeConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, intermediate_size=24)
     packed = minimmf.MMfreeLM.init(cfg).pack()
     seen = {"adds": 0, "bytes": 0}
-    real = bitlinear_module.ternary_matmul
+    real = bitlinear_module.offset_matmul
 
     def counting(q_x, codes):
         seen["adds"] += q_x.shape[0] * codes.out_features * codes.in_features
         seen["bytes"] += codes.codes.nbytes + 8                          # codes and the one scale s_w
         return real(q_x, codes)
-    monkeypatch.setattr(bitlinear_module, "ternary_matmul", counting)
+    monkeypatch.setattr(bitlinear_module, "offset_matmul", counting)
     packed.step(np.array([3]), packed.init_state(1))
     prod = opcount.by_kind(opcount.mmfree_ops(cfg))["matrix product"]
     assert seen["adds"] == prod["adds"] and seen["bytes"] == prod["weight_bytes"]

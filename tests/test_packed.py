@@ -100,6 +100,50 @@ def test_resident_bytes_counts_codes_scales_gains_and_the_embedding():
     assert resident_bytes(model) == 4 * model.num_params() == 4 * packed.num_params()
 
 
+def _held_arrays(obj, seen=None) -> list:
+    """Every NumPy array reachable from obj through attributes, dicts, lists and tuples (an independent walk)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type)) or obj is None:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        items = list(getattr(obj, "__dict__", {}).values())
+    return [a for v in items for a in _held_arrays(v, seen)]
+
+
+def _buffer_bytes(arrays) -> int:
+    """Bytes of the distinct memory blocks behind the arrays (a view and its base counted once)."""
+    blocks = {}
+    for a in arrays:
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        blocks[id(a)] = a.nbytes
+    return sum(blocks.values())
+
+
+def test_resident_bytes_is_the_memory_of_every_array_the_packed_model_holds():
+    """resident_bytes equals the bytes of the distinct buffers behind every array reachable from the model (plus
+    8 per Python-float scale), before and after the first step builds the decode plan; the plan copies no codes
+    (what it adds, its scratch and stacked gains, is less than half of them)."""
+    packed = bf16_model(SMALL).pack()
+    n_scales = sum(isinstance(leaf, minimmf.bitlinear.PackedBitLinear) for _, leaf in leaves(packed.params))
+    before = resident_bytes(packed)
+    assert before == _buffer_bytes(_held_arrays(packed)) + 8 * n_scales
+    packed.step(np.array([1]), packed.init_state(1))
+    after = resident_bytes(packed)
+    assert "_decode_plan" in packed.__dict__
+    assert after == _buffer_bytes(_held_arrays(packed)) + 8 * n_scales
+    codes = sum(leaf.codes.codes.nbytes for _, leaf in leaves(packed.params)
+                if isinstance(leaf, minimmf.bitlinear.PackedBitLinear))
+    assert 0 < after - before < codes / 2
+
+
 def test_packed_model_keeps_float64_models_in_float64():
     """Packing a float64 model keeps its embedding and arithmetic in float64 (the gradient checks use it)."""
     cfg = minimmf.MMfreeConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, intermediate_size=8)

@@ -13,7 +13,7 @@ from .. import bitlinear, quant
 from ..bitlinear import BitLinearCache, PackedBitLinear
 from ..functional import RMSNormCache
 from ..kernels import fused
-from ..kernels.ternary import ternary_matmul
+from ..kernels.ternary import as_offset, offset_matmul
 from ..seam import op
 
 
@@ -46,6 +46,6 @@ def bitlinear_packed_forward(x: np.ndarray, pb: PackedBitLinear) -> np.ndarray:
     if not fused.fusable(x, pb.g):
         return bitlinear.bitlinear_packed_forward(x, pb)
     q, _, s_x, _ = fused.bitlinear_front(x, pb.g, bitlinear.BITLINEAR_EPS, quant.ACT_QMAX, quant.ACT_EPS)
-    acc = ternary_matmul(q.astype(np.int8), pb.codes)          # (N, O) int32, adds and subtracts only
+    acc = offset_matmul(q.astype(np.int8), as_offset(pb.codes))   # (N, O) int32, exact
     y = acc.astype(x.dtype) / (s_x * x.dtype.type(pb.s_w))
     return y.reshape(*x.shape[:-1], pb.out_features)

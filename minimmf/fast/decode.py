@@ -2,29 +2,32 @@
 per layer (``kernels/decode.py``) instead of ~40 NumPy calls, with the same bits.
 
 ``DecodePlan`` lays a packed parameter tree out once for the kernels (per layer a (9, H) stack of gains and the
-lower bound, the six weight scales, the six code matrices as offset codes w + 1, and every scratch buffer a step
-writes); ``packed_step`` runs one token through it. Batches of more than one sequence, and dtypes other than
+lower bound, the six weight scales, and every scratch buffer a step writes); the code matrices it reads are the
+model's own offset codes (w + 1), which ``packed.adopt_packed`` has laid out in one buffer in the order a step
+reads them: the plan takes views of them, f, i, g as one (3H, .) view, and copies no code. ``packed_step`` runs
+one token through it. Batches of more than one sequence, and dtypes other than
 float32/float64, run the plain step (``packed.packed_step``).
 
 Two threads must never be slower than one: on a machine where another process keeps a core busy, every parallel
 region waits for a descheduled thread. So a step with more than one Numba thread available asks the plan's
-``ParallelGuard`` (``kernels/ternary.py``) whether to run on all of them or on the calling thread alone; the guard
-times both and keeps the faster, trying the other now and then (``StepGuard``).
+``StepGuard`` (a ``ParallelGuard``, ``kernels/ternary.py``) whether to run on all of them or on the calling thread
+alone: it times steps of both forms, falls back to one thread as soon as a step on all of them overran the
+one-thread estimate, and tries the form not in use now and then (as often as costs about PROBE_COST of the time).
+``model.guard_threads = False`` turns the guard off (every step on all threads: what benchmarks compare against).
 """
 from __future__ import annotations
-
-import numpy as np
 
 import time
 
 import numba
+import numpy as np
 
 from .. import bitlinear, packed, quant, validate
 from ..bitlinear import PackedBitLinear
 from ..kernels import fused
 from ..kernels.decode import (ATTN_NORM, G_F, G_G, G_GATE, G_I, G_NORM, G_O, LB, MLP_NORM, N_VECS, DecodeScalars,
                               k1_projections, k2_scan, k3_output_and_gate, k4_down_and_head, k4_down_and_projections)
-from ..kernels.ternary import BLOCK, OffsetPacked, ParallelGuard, PackedTernary, _n_blocks, offset_from_packed
+from ..kernels.ternary import BLOCK, ParallelGuard, _n_blocks, as_offset
 from ..mlgru import lower_bounds_forward
 
 
@@ -37,8 +40,8 @@ class StepGuard(ParallelGuard):
     about PROBE_COST of the time. (Under a busy core a 2-thread step can be 15x slower than a 1-thread one: tried
     every 16 steps it would cost a fifth of the time.)"""
 
-    def __init__(self):
-        super().__init__(window=5, probe=16)
+    def __init__(self, clock=time.perf_counter):
+        super().__init__(window=5, probe=16, clock=clock)
 
     def choose(self, key) -> bool:
         st = self._state.get(key)
@@ -49,20 +52,31 @@ class StepGuard(ParallelGuard):
         return super().choose(key)
 
 
-def offset_codes(pb: PackedBitLinear) -> np.ndarray:
-    """The (O, 32 nb) uint8 offset codes (w + 1) of a packed BitLinear: its own if it holds OffsetPacked, else
-    converted from the older PackedTernary layout (one table look-up per byte)."""
-    codes = pb.codes
-    if isinstance(codes, PackedTernary):
-        codes = offset_from_packed(codes)
-    assert isinstance(codes, OffsetPacked), type(codes)
-    return codes.codes
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def stacked(mats: list) -> np.ndarray:
+    """The code matrices (O_k, C) stacked into one (sum O_k, C): a view when they lie one after the other in one
+    buffer (as ``packed.adopt_packed`` lays a model's codes out), else a copy (a tree assembled by hand)."""
+    base = mats[0]
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    at = _address(mats[0])
+    for m in mats:
+        if not (m.flags.c_contiguous and _address(m) == at and m.shape[1] == mats[0].shape[1]):
+            return np.concatenate(mats)
+        at += m.nbytes
+    if base.ndim != 1 or base.dtype != np.uint8:
+        return np.concatenate(mats)
+    start = _address(mats[0]) - _address(base)
+    return base[start:start + sum(m.nbytes for m in mats)].reshape(-1, mats[0].shape[1])
 
 
 class DecodePlan:
     """What a step needs from a packed parameter tree, laid out once: per layer a (9, H) stack of gains and the
-    lower bound, the six weight scales in the model's dtype, the six code matrices as offset codes; the scratch
-    buffers every step reuses; the guard choosing one thread or all."""
+    lower bound, the six weight scales in the model's dtype, views of the code matrices (offset codes); the
+    scratch buffers every step reuses; the guard choosing one thread or all."""
 
     def __init__(self, params: dict, config):
         E = params["embeddings"]
@@ -84,15 +98,14 @@ class DecodePlan:
             if has_lb:
                 V[LB] = lb[l]
             sw = np.array([pb.s_w for pb in projs], dt)                  # float(s_w) -> dtype, as the plain path
-            codes = [offset_codes(pb) for pb in projs]
-            codes = [np.concatenate(codes[:3])] + codes[3:]             # f, i, g: one (3H, .) matrix
+            codes = [as_offset(pb.codes).codes for pb in projs]          # the model's own (an older tree: converted)
+            codes = (stacked(codes[:3]),) + tuple(codes[3:])           # f, i, g: one (3H, .) matrix
             self.layers.append((V, sw, codes, has_lb, np.ascontiguousarray(m["down_proj"].g, dt)))
         head = params["lm_head"]
         self.norm = np.ascontiguousarray(params["norm"], dt)
         self.head_g = np.ascontiguousarray(head.g, dt)
         self.head_sw = ft(head.s_w)
-        self.head_codes = offset_codes(head)
-        self._one_buffer()
+        self.head_codes = as_offset(head.codes).codes
         self.I = I = params["layers"][0]["mlp"]["down_proj"].g.shape[0]
         self.H, self.V = H, config.vocab_size
         bits = np.int32 if dt == np.float32 else np.int64
@@ -118,21 +131,18 @@ class DecodePlan:
                                      half=ft(0.5), one=ft(1))
         self.cs = np.array(c, dt)                                        # the scalars as the kernels take them
 
-    def _one_buffer(self) -> None:
-        """Move every code matrix into one uint8 buffer, in the order a step reads them (layer by layer: f/i/g, o,
-        gate/up, down; then the head), each matrix a C-contiguous view of it."""
-        mats = [m for _, _, codes, _, _ in self.layers for m in codes] + [self.head_codes]
-        buf = np.empty(sum(m.nbytes for m in mats), np.uint8)
-        views, at = [], 0
-        for m in mats:
-            v = buf[at:at + m.nbytes].reshape(m.shape)
-            v[...] = m
-            views.append(v)
-            at += m.nbytes
-        for l, (V, sw, _, has_lb, g_down) in enumerate(self.layers):
-            self.layers[l] = (V, sw, tuple(views[4 * l:4 * l + 4]), has_lb, g_down)
-        self.head_codes = views[-1]
-        self.codes = buf
+    def arrays(self) -> list:
+        """Every array the plan holds (``packed.resident_bytes`` counts them; the codes are views of the model's)."""
+        out = []
+
+        def walk(v):
+            if isinstance(v, np.ndarray):
+                out.append(v)
+            elif isinstance(v, (tuple, list)):
+                for x in v:
+                    walk(x)
+        walk(list(self.__dict__.values()))
+        return out
 
 
 def plan_for(model) -> DecodePlan:
@@ -186,16 +196,17 @@ def packed_step(model, token_ids, state):
     x = np.ascontiguousarray(model.params["embeddings"][ids][0], plan.dtype)   # (H,)
     hs = [np.ascontiguousarray(h[0], plan.dtype) for h in state.h]
     n = numba.get_num_threads()
-    if n == 1:
+    if n == 1 or not getattr(model, "guard_threads", True):
         logits, new_h = step_arrays(plan, x, hs)
     else:                                                                 # all threads, or one: measured
-        parallel = plan.guard.choose(n)
+        guard = plan.guard
+        parallel = guard.choose(n)
         if not parallel:
             numba.set_num_threads(1)
-        t0 = time.perf_counter()
+        t0 = guard.clock()
         try:
             logits, new_h = step_arrays(plan, x, hs)
         finally:
             numba.set_num_threads(n)
-        plan.guard.record(n, parallel, time.perf_counter() - t0)
+        guard.record(n, parallel, guard.clock() - t0)
     return logits[None, :], type(state)(tuple(h[None, :] for h in new_h))

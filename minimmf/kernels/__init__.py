@@ -6,16 +6,26 @@
 from . import _numba  # noqa: F401  (must come first)
 from .scan import scan_backward, scan_backward_ref, scan_forward, scan_forward_ref
 from .ternary import (
+    OffsetPacked,
     PackedTernary,
+    as_offset,
     float_ternary_matmul,
     float_ternary_matmul_ref,
+    offset_matmul,
+    pack_offset,
     pack_ternary,
     ternary_matmul,
     ternary_matmul_ref,
+    unpack_offset,
     unpack_ternary,
 )
 
 __all__ = [
+    "OffsetPacked",
+    "pack_offset",
+    "unpack_offset",
+    "offset_matmul",
+    "as_offset",
     "PackedTernary",
     "pack_ternary",
     "unpack_ternary",

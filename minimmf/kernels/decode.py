@@ -29,8 +29,9 @@ plain path's numbers. Each matrix is read once per token in one pass, split over
 OFFSET_TILE rows; the projections that read the same layer input (f, i, g, stored as one (3H, .) matrix; gate and
 up, one (2I, .) matrix) are one ``prange`` over their concatenated rows, so a layer is four passes over its
 weights, the head a fifth, and nothing else is read twice. Every buffer a kernel writes is allocated once, by the
-caller (``fast/decode.py``'s ``DecodePlan``), which also lays all the codes out in one buffer in the order a step
-reads them, so that the kernel's prefetch runs on from one matrix into the next.
+caller (``fast/decode.py``'s ``DecodePlan``); the packed model itself keeps all its codes in one buffer in the
+order a step reads them (``packed.adopt_packed``), so that the kernel's prefetch runs on from one matrix into the
+next.
 """
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)

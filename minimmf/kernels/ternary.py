@@ -9,25 +9,27 @@ A BitLinear layer multiplies int8 activation codes ``q_x`` by ternary weight cod
 needs no multiplier at all. This module holds, for each product, a plain-NumPy reference (the specification)
 and a Numba kernel proven equal to it by ``tests/test_kernels_ternary.py``:
 
-    ternary_matmul_ref / ternary_matmul              q_x (N, I) int8, q_w (O, I) ternary -> (N, O) int32
+    ternary_matmul_ref / ternary_matmul              q_x (N, I) int8, q_w (O, I) ternary -> (N, O) int32 (add/sub)
     ternary_matmul_ref / offset_matmul               the same product on codes w + 1 by u8 x i8 multiply-adds
     float_ternary_matmul_ref / float_ternary_matmul  dy (N, O) float, q_w (O, I) ternary -> (N, I) float
 
-``offset_matmul`` (codes ``w + 1``, ``OffsetPacked``, see "offset codes" below) is the fast batch-1 kernel; its
-row functions ``offset_rows_int`` / ``offset_rows_scaled`` are meant to be called from fused decode kernels, and
-``offset_from_packed`` converts weights packed by ``pack_ternary``.
+Weights are packed 2 bits each, 4 per byte, 16x fewer bytes than float32, in one interleaved layout
+(bitnet.cpp "I2_S"-style, so that every byte lane uses the same shifts):
 
-The kernels read the weights from a ``PackedTernary``: 2 bits per weight, 4 weights per byte, 16x fewer bytes
-than float32. Layout (bitnet.cpp "I2_S"-style, interleaved so that every byte lane uses the same shifts):
-
-    the input axis is cut into blocks of 128 (the last block padded with zero codes);
+    the input axis is cut into blocks of 128 (the last block padded with the code of 0);
     in block b, byte j (0 <= j < 32) holds the codes of inputs 128 b + j + 32 k for k = 0, 1, 2, 3,
     the code of input 128 b + j + 32 k in bits 2k and 2k+1 (k = 0 in the two lowest bits).
 
-The 2-bit code (the ONLY place it is defined; see ``CODE_ZERO``, ``CODE_PLUS``, ``CODE_MINUS``):
+Two 2-bit codes fill that layout:
 
-    00 -> 0,  01 -> +1 (bit 0 = "add"),  10 -> -1 (bit 1 = "subtract");  11 is never produced
-    (decoders read it as +1 - 1 = 0).
+    OffsetPacked (pack_offset): c = w + 1 (``OFFSET_CODE``; see "offset codes" below). What a packed model stores
+        (``bitlinear.pack_bitlinear``) and what ``offset_matmul`` (the fast kernel; its row functions
+        ``offset_rows_int`` / ``offset_rows_scaled`` are called from the fused decode kernels) and
+        ``float_ternary_matmul`` read.
+    PackedTernary (pack_ternary): 00 -> 0, 01 -> +1 (bit 0 = "add"), 10 -> -1 (bit 1 = "subtract"); 11 is never
+        produced (decoders read it as +1 - 1 = 0); the ONLY place it is defined is ``CODE_ZERO``, ``CODE_PLUS``,
+        ``CODE_MINUS``. What the add/sub kernel ``ternary_matmul`` reads (the first kernel chapter 6 teaches), and
+        what packed models held before offset codes: ``as_offset`` / ``offset_from_packed`` convert it.
 
 Taught in chapter 6 (``chapters/06-ternary-kernel.md``).
 """
@@ -234,74 +236,6 @@ def ternary_matmul(q_x, packed: PackedTernary) -> np.ndarray:
     return out
 
 
-# ---------------------------------------------------------------- float backward: dy @ q_w
-
-def float_ternary_matmul_ref(dy, q_w) -> np.ndarray:
-    """Specification: dx = dy @ q_w, the input gradient of a BitLinear (before the 1/s_w rescale).
-
-    Shapes: dy (N, O) float32|float64, q_w (O, I) int8 in {-1, 0, 1} -> dx (N, I), dtype of dy
-    """
-    dy = np.asarray(dy)
-    return dy @ np.asarray(q_w).astype(dy.dtype)
-
-
-@njit(inline="always")
-def _float_block(dy, codes, dx, item, nblocks):
-    """dx[n, block b] = sum_o (+dy[n, o] | -dy[n, o] | 0) by the codes of column block b."""
-    n = item // nblocks
-    b = item % nblocks
-    acc = np.zeros(BLOCK, dy.dtype)  # (128,) the block's 128 outputs
-    zero = acc[0]  # a 0 of dy's dtype
-    dyn = dy[n]
-    for o in range(codes.shape[0]):
-        v = dyn[o]
-        wb = codes[o, b * 32:(b + 1) * 32]
-        for j in range(32):
-            c = wb[j]
-            acc[j] += (v if c & 1 else zero) - (v if c & 2 else zero)
-            acc[j + 32] += (v if c & 4 else zero) - (v if c & 8 else zero)
-            acc[j + 64] += (v if c & 16 else zero) - (v if c & 32 else zero)
-            acc[j + 96] += (v if c & 64 else zero) - (v if c & 128 else zero)
-    i0 = b * BLOCK
-    for k in range(min(BLOCK, dx.shape[1] - i0)):
-        dx[n, i0 + k] = acc[k]
-
-
-@njit(parallel=True, cache=True)
-def _float_ternary_parallel(dy, codes, dx, nblocks):
-    """Work items (token n, block of 128 inputs), split over threads."""
-    for item in prange(dy.shape[0] * nblocks):
-        _float_block(dy, codes, dx, item, nblocks)
-
-
-@njit(cache=True)
-def _float_ternary_serial(dy, codes, dx, nblocks):
-    for item in range(dy.shape[0] * nblocks):
-        _float_block(dy, codes, dx, item, nblocks)
-
-
-def float_ternary_matmul(dy, packed: PackedTernary) -> np.ndarray:
-    """dx = dy @ q_w by adding and subtracting entries of dy (equals float_ternary_matmul_ref up to rounding).
-
-    Shapes: dy (N, O) float32|float64, packed (O, I) -> dx (N, I), dtype of dy
-    """
-    _check_packed(packed)
-    dy = np.asarray(dy)
-    if dy.dtype not in (np.float32, np.float64):
-        raise ValueError(f"dy must have dtype float32 or float64, got {dy.dtype}")
-    if dy.ndim != 2 or dy.shape[1] != packed.out_features:
-        raise ValueError(f"dy must have shape (N, {packed.out_features}), got {dy.shape}")
-    dy = np.ascontiguousarray(dy)
-    N, I = dy.shape[0], packed.in_features
-    nb = _n_blocks(I)
-    dx = np.empty((N, I), dy.dtype)
-    if N * packed.out_features * nb < SERIAL_BELOW:
-        _float_ternary_serial(dy, packed.codes, dx, nb)
-    else:
-        _float_ternary_parallel(dy, packed.codes, dx, nb)
-    return dx
-
-
 # ================================================================ offset codes: w + 1 in 2 bits, u8 x i8 multiply-add
 #
 # The add/sub kernel above spends ~8 vector instructions per code byte turning bits into masks. Storing each
@@ -400,6 +334,15 @@ def offset_from_packed(packed: PackedTernary) -> OffsetPacked:
     _check_packed(packed)
     return OffsetPacked(np.ascontiguousarray(OLD_TO_OFFSET_BYTE[packed.codes]), packed.out_features,
                         packed.in_features)
+
+
+def as_offset(packed) -> OffsetPacked:
+    """The offset codes of packed weights in either layout: an OffsetPacked as it is (checked), a PackedTernary
+    (the older layout, e.g. an object packed before offset codes) converted by ``offset_from_packed``."""
+    if isinstance(packed, PackedTernary):
+        return offset_from_packed(packed)
+    _check_offset(packed)
+    return packed
 
 
 # ---------------------------------------------------------------- the row kernels (raw sums sum_i c_i x_i)
@@ -577,13 +520,15 @@ def offset_rows_scaled(codes, r0, r1, xp, sum_x, nblocks, den, y_int, y):
 
 @njit(parallel=True, cache=True)
 def _offset_matmul_parallel(codes, xp, nblocks, y_int):
-    """For each token n: tiles of OFFSET_TILE output rows, split over threads."""
+    """Work items (token n, tile of OFFSET_TILE output rows), split over threads; each token's sum_x first."""
     O = codes.shape[0]
+    sums = np.empty(xp.shape[0], np.int32)
     for n in range(xp.shape[0]):
-        x, y = xp[n], y_int[n]
-        sum_x = offset_sum(x)
-        for t in prange((O + OFFSET_TILE - 1) // OFFSET_TILE):
-            offset_rows_int(codes, t * OFFSET_TILE, min(O, (t + 1) * OFFSET_TILE), x, sum_x, nblocks, y)
+        sums[n] = offset_sum(xp[n])
+    ntiles = (O + OFFSET_TILE - 1) // OFFSET_TILE
+    for item in prange(xp.shape[0] * ntiles):
+        n, t = item // ntiles, item % ntiles
+        offset_rows_int(codes, t * OFFSET_TILE, min(O, (t + 1) * OFFSET_TILE), xp[n], sums[n], nblocks, y_int[n])
 
 
 @njit(cache=True)
@@ -612,9 +557,77 @@ def offset_matmul(q_x, packed: OffsetPacked, parallel: bool | None = None) -> np
         xp[:, :I] = q_x
     out = np.empty((N, packed.out_features), np.int32)
     if parallel is None:
-        parallel = packed.out_features * nb >= SERIAL_BELOW
+        parallel = N * packed.out_features * nb >= SERIAL_BELOW
     (_offset_matmul_parallel if parallel else _offset_matmul_serial)(packed.codes, xp, nb, out)
     return out[0] if vector else out
+
+
+# ---------------------------------------------------------------- float backward: dy @ q_w, on offset codes
+
+def float_ternary_matmul_ref(dy, q_w) -> np.ndarray:
+    """Specification: dx = dy @ q_w, the input gradient of a BitLinear (before the 1/s_w rescale).
+
+    Shapes: dy (N, O) float32|float64, q_w (O, I) int8 in {-1, 0, 1} -> dx (N, I), dtype of dy
+    """
+    dy = np.asarray(dy)
+    return dy @ np.asarray(q_w).astype(dy.dtype)
+
+
+@njit(inline="always")
+def _float_block(dy, codes, dx, item, nblocks):
+    """dx[n, block b] = sum_o (+dy[n, o] | -dy[n, o] | 0) by the offset codes c = w + 1 of column block b."""
+    n = item // nblocks
+    b = item % nblocks
+    acc = np.zeros(BLOCK, dy.dtype)  # (128,) the block's 128 outputs
+    zero = acc[0]  # a 0 of dy's dtype
+    dyn = dy[n]
+    for o in range(codes.shape[0]):
+        v = dyn[o]
+        wb = codes[o, b * 32:(b + 1) * 32]
+        for j in range(32):
+            c = wb[j]
+            for k in range(4):
+                f = (c >> (2 * k)) & 3  # 2: w = +1 (add), 0: w = -1 (subtract), 1: w = 0
+                acc[j + 32 * k] += (v if f == 2 else zero) - (v if f == 0 else zero)
+    i0 = b * BLOCK
+    for k in range(min(BLOCK, dx.shape[1] - i0)):
+        dx[n, i0 + k] = acc[k]
+
+
+@njit(parallel=True, cache=True)
+def _float_ternary_parallel(dy, codes, dx, nblocks):
+    """Work items (token n, block of 128 inputs), split over threads."""
+    for item in prange(dy.shape[0] * nblocks):
+        _float_block(dy, codes, dx, item, nblocks)
+
+
+@njit(cache=True)
+def _float_ternary_serial(dy, codes, dx, nblocks):
+    for item in range(dy.shape[0] * nblocks):
+        _float_block(dy, codes, dx, item, nblocks)
+
+
+def float_ternary_matmul(dy, packed) -> np.ndarray:
+    """dx = dy @ q_w by adding and subtracting entries of dy (equals float_ternary_matmul_ref up to rounding).
+
+    ``packed``: an OffsetPacked, or a PackedTernary (converted first, ``as_offset``).
+    Shapes: dy (N, O) float32|float64, packed (O, I) -> dx (N, I), dtype of dy
+    """
+    packed = as_offset(packed)
+    dy = np.asarray(dy)
+    if dy.dtype not in (np.float32, np.float64):
+        raise ValueError(f"dy must have dtype float32 or float64, got {dy.dtype}")
+    if dy.ndim != 2 or dy.shape[1] != packed.out_features:
+        raise ValueError(f"dy must have shape (N, {packed.out_features}), got {dy.shape}")
+    dy = np.ascontiguousarray(dy)
+    N, I = dy.shape[0], packed.in_features
+    nb = _n_blocks(I)
+    dx = np.empty((N, I), dy.dtype)
+    if N * packed.out_features * nb < SERIAL_BELOW:
+        _float_ternary_serial(dy, packed.codes, dx, nb)
+    else:
+        _float_ternary_parallel(dy, packed.codes, dx, nb)
+    return dx
 
 
 # ---------------------------------------------------------------- serial or parallel: decided by measurement
@@ -624,14 +637,17 @@ class ParallelGuard:
 
     On a quiet 2-core machine two threads are ~2x faster than one; while another process keeps a core busy a
     ``prange`` region waits for its descheduled thread and can take many times longer than one thread alone.
-    ``guard.call(fn, *args, key=...)`` runs ``fn(*args, parallel=p)`` and times it. Per key (e.g. a shape) it keeps
-    the last ``window`` times of each form and runs the form whose median is lower; every ``probe`` calls it runs
-    the other form once, so that it notices when the machine becomes quiet (or busy) again. A parallel call that
-    overran (slower than the serial median) thus moves the choice to serial after a few calls at most.
+    ``guard.call(fn, *args, key=...)`` runs ``fn(*args, parallel=p)`` and times it with ``clock`` (injectable, so
+    that tests can script the times). Per key (e.g. a shape) it keeps the last ``window`` times of each form; the
+    median of the serial ones is the one-thread estimate. After both forms have run twice (alternating), it runs
+    the parallel form while the latest parallel call took less than that estimate: a parallel call that overran it
+    moves the choice to serial at once. Every ``probe`` calls it runs the form not in use once, so that it notices
+    when the machine becomes quiet again (a parallel probe under the estimate moves the choice back) and keeps
+    the estimate fresh.
     """
 
-    def __init__(self, window: int = 5, probe: int = 16):
-        self.window, self.probe = window, probe
+    def __init__(self, window: int = 5, probe: int = 16, clock=time.perf_counter):
+        self.window, self.probe, self.clock = window, probe, clock
         self._state = {}  # key -> [serial times, parallel times, calls, parallel is faster]
         self.n_parallel = self.n_calls = 0
 
@@ -652,8 +668,8 @@ class ParallelGuard:
         if len(times) > self.window:
             del times[0]
         st[2] += 1
-        if st[0] and st[1]:
-            st[3] = sorted(st[1])[len(st[1]) // 2] < sorted(st[0])[len(st[0]) // 2]
+        if st[0] and st[1]:  # the latest parallel time against the one-thread estimate
+            st[3] = st[1][-1] < sorted(st[0])[len(st[0]) // 2]
         self.n_calls += 1
         self.n_parallel += parallel
 
@@ -662,9 +678,9 @@ class ParallelGuard:
         if key is None:
             key = tuple(getattr(a, "shape", None) or getattr(getattr(a, "codes", None), "shape", None) for a in args)
         parallel = self.choose(key)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = fn(*args, parallel=parallel)
-        self.record(key, parallel, time.perf_counter() - t0)
+        self.record(key, parallel, self.clock() - t0)
         return out
 
     def parallel_share(self) -> float:
