@@ -452,7 +452,8 @@ def _mlgru_gates_bwd(df, di, f, sf, zi, ei, lb, has_lb, one, dzf, dzi, t, lo, hi
     C = df.shape[1]
     for r in range(lo, hi):
         dfr, dir_, fr, sfr, zir, eir = df[r], di[r], f[r], sf[r], zi[r], ei[r]
-        dzfr, dzir, tr = dzf[r], dzi[r], t[r]
+        dzfr, dzir = dzf[r], dzi[r]
+        tr = t[r] if has_lb else t[0]                        # (without bounds t is one unused row)
         for j in range(C):
             z = zir[j]
             s = _sigmoid_from_e(z, eir[j], one)
