@@ -263,14 +263,14 @@ def _requests_between(seen, t0) -> int:
     return sum(1 for v in seen.values() if v[0] >= t0)
 
 
-def simulate_stream_cycles(n_bytes: int, start: int, p: StreamParams) -> tuple[int, list]:
-    """The specification: the same stream, one cycle at a time. Returns (end, consumed after each cycle)."""
+def _stream_cycles(n_bytes: int, start: int, p: StreamParams):
+    """The stream one cycle at a time: yields (cycle, weights consumed so far, the request issued this cycle as
+    (cycle issued, cycle its last beat is usable, bytes), or None); the last cycle yielded consumes the last weight."""
     W = WEIGHTS_PER_BYTE
     total, R = n_bytes * W, p.request_bytes
     cap = None if p.fifo_bytes is None else p.fifo_bytes * W
     t, fifo, consumed, requested = start, 0, 0, 0
     inflight, inflight_w, n_out, bus_next = deque(), 0, 0, 0
-    trace = []
     while True:
         while inflight and inflight[0][0] == t:
             _, w, last = inflight.popleft()
@@ -280,48 +280,34 @@ def simulate_stream_cycles(n_bytes: int, start: int, p: StreamParams) -> tuple[i
         pop = fifo if p.rate is None else min(fifo, p.rate)
         fifo -= pop
         consumed += pop
-        trace.append(consumed)
         if consumed == total:
-            return t, trace
+            yield t, consumed, None
+            return
+        issued = None
         if n_out < p.outstanding and requested < n_bytes:
             r = min(R, n_bytes - requested)
             if cap is None or fifo + inflight_w + r * W <= cap:
                 w, bus_next = _issue(t, r, p, inflight, bus_next)
+                issued = (t, inflight[-1][0], r)
                 inflight_w += w
                 n_out += 1
                 requested += r
+        yield t, consumed, issued
         t += 1
+
+
+def simulate_stream_cycles(n_bytes: int, start: int, p: StreamParams) -> tuple[int, list]:
+    """The specification: the same stream, one cycle at a time. Returns (end, consumed after each cycle)."""
+    trace, end = [], start
+    for end, consumed, _ in _stream_cycles(n_bytes, start, p):
+        trace.append(consumed)
+    return end, trace
 
 
 def stream_requests(n_bytes: int, start: int, p: StreamParams) -> list[tuple[int, int, int]]:
     """Every request of the stream, one cycle at a time (as ``simulate_stream_cycles``):
     (cycle issued, cycle its last beat is usable, bytes). For waveforms; ``simulate_stream`` is the fast path."""
-    W = WEIGHTS_PER_BYTE
-    total, R = n_bytes * W, p.request_bytes
-    cap = None if p.fifo_bytes is None else p.fifo_bytes * W
-    t, fifo, consumed, requested = start, 0, 0, 0
-    inflight, inflight_w, n_out, bus_next = deque(), 0, 0, 0
-    out = []
-    while True:
-        while inflight and inflight[0][0] == t:
-            _, w, last = inflight.popleft()
-            fifo += w
-            inflight_w -= w
-            n_out -= last
-        pop = fifo if p.rate is None else min(fifo, p.rate)
-        fifo -= pop
-        consumed += pop
-        if consumed == total:
-            return out
-        if n_out < p.outstanding and requested < n_bytes:
-            r = min(R, n_bytes - requested)
-            if cap is None or fifo + inflight_w + r * W <= cap:
-                w, bus_next = _issue(t, r, p, inflight, bus_next)
-                out.append((t, inflight[-1][0], r))
-                inflight_w += w
-                n_out += 1
-                requested += r
-        t += 1
+    return [req for _, _, req in _stream_cycles(n_bytes, start, p) if req is not None]
 
 
 def closed_form_end(n_bytes: int, start: int, p: StreamParams) -> int | None:
