@@ -1,9 +1,9 @@
 """Training recipes sized to a wall-clock budget: ``minimmf train --minutes M`` picks the model, the batch and the
 learning-rate schedule from a small table of measured choices, and fixes a step count that ends at the budget.
 
-The table (``RECIPES``) holds, per tokenizer, one row per budget that was swept on the project's 2-core machine
-(``benchmarks/README.md``, "Recipes: the sweep", says what was tried and what each choice gave). A budget of M
-minutes uses the row of the largest budget <= M (the smallest row below that).
+The table (``RECIPES``) holds, per tokenizer, one row per budget where the sweep found a better choice than the row
+before (``benchmarks/README.md``, "Budget-sized recipes", says what was tried, how, and what each choice gave). A
+budget of M minutes uses the row of the largest budget <= M (the smallest row below that).
 
 Why a fixed step count, not a clock: if the schedule followed the wall clock, the learning rate of every step
 would depend on how busy the machine was at that moment, so no run could be repeated, or resumed, bit for bit.
@@ -47,13 +47,18 @@ class Recipe:
     seq_len: int              # T tokens per window
     lr: float                 # peak learning rate
     vocab_size: int = 0       # BPE vocabulary size (0 for the char tokenizer)
+    min_lr_ratio: float = 0.1  # where the cosine ends, as a fraction of the peak (TrainConfig's default)
 
 
-# Measured choices (benchmarks/README.md, "Recipes: the sweep"); rows in increasing budget.
+# Measured choices (benchmarks/README.md, "Budget-sized recipes"); rows in increasing budget.
 RECIPES = {
-    "char": (   # swept at 1 and 5 minutes: both chose this row
-        Recipe(minutes=1, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=128,
-               lr=6e-3),
+    "char": (   # swept at 1, 2, 5 and 10 minutes (fixed-step candidates, 2026-11-30; benchmarks/README.md)
+        Recipe(minutes=1, hidden_size=128, num_hidden_layers=2, intermediate_size=256, batch_size=16, seq_len=128,
+               lr=6e-3, min_lr_ratio=0.0),
+        Recipe(minutes=2, hidden_size=128, num_hidden_layers=3, intermediate_size=256, batch_size=16, seq_len=128,
+               lr=6e-3, min_lr_ratio=0.0),
+        Recipe(minutes=10, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=32, seq_len=64,
+               lr=6e-3, min_lr_ratio=0.0),
     ),
     "bpe": (
         Recipe(minutes=1, hidden_size=128, num_hidden_layers=4, intermediate_size=256, batch_size=16, seq_len=64,
@@ -85,7 +90,8 @@ def recipe_config(minutes: float, tokenizer: str = "bpe"):
     return TrainConfig(hidden_size=r.hidden_size, num_hidden_layers=r.num_hidden_layers,
                        intermediate_size=r.intermediate_size, tokenizer=tokenizer,
                        vocab_size=r.vocab_size or TrainConfig.vocab_size, seq_len=r.seq_len,
-                       batch_size=r.batch_size, lr=r.lr, minutes=None, budget_minutes=float(minutes))
+                       batch_size=r.batch_size, lr=r.lr, min_lr_ratio=r.min_lr_ratio, minutes=None,
+                       budget_minutes=float(minutes))
 
 
 def steps_for_budget(budget_s: float, step_s: float, eval_s: float, evaluations: int = EVALUATIONS,

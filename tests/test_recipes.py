@@ -27,8 +27,9 @@ def test_recipe_rows_are_in_increasing_budget_and_valid_configs():
         assert [r.minutes for r in rows] == sorted({r.minutes for r in rows})
         for r in rows:
             cfg = recipe_config(r.minutes, tok)
-            assert (cfg.hidden_size, cfg.batch_size, cfg.seq_len, cfg.lr) == (r.hidden_size, r.batch_size,
-                                                                              r.seq_len, r.lr)
+            assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.batch_size, cfg.seq_len,
+                    cfg.lr, cfg.min_lr_ratio) == (r.hidden_size, r.num_hidden_layers, r.intermediate_size,
+                                                  r.batch_size, r.seq_len, r.lr, r.min_lr_ratio)
             assert cfg.tokenizer == tok and cfg.budget_minutes == r.minutes and cfg.minutes is None
 
 
