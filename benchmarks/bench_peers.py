@@ -1,6 +1,7 @@
 """minimmf's batch-1 ternary product side by side with llama.cpp's ggml (TQ2_0, TQ1_0, Q8_0) and NumPy float32.
 
     LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/bench_peers.py [--passes 2] [--repeats 300] [--json PATH]
+    LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/bench_peers.py --whole-model [--passes 2] [--tokens 64]
 
 Builds nothing. LLAMA_CPP_DIR must be a llama.cpp source tree built with CMake into ``build/`` and the timing
 program ``benchmarks/peers/ggml_matmul_bench.c`` compiled against it (``benchmarks/peers/build.sh``; the whole
@@ -17,6 +18,13 @@ For every shape (out x in) of the table, mode and thread count it times, each as
 size is at least twice the last-level cache, used in turn (weights come from DRAM). Each cell is the best of
 ``--passes`` passes (the machine may be shared: the load average is printed before and after). A second table
 shows minimmf offset and ggml TQ2_0 again with one column per thread count (1 and 2 threads side by side).
+
+``--whole-model``: batch-1 decode of a whole model with MMfreeLM-370M's matrix sizes instead (hidden 1024, 24
+layers, FFN 2816, vocabulary 32000, random ternary weights). llama.cpp's side is ``llama-bench`` (text generation,
+``-p 0 -n TOKENS``) on TQ2_0 and TQ1_0 GGUFs written by ``peers/make_gguf.py`` (with the ``gguf`` package of the
+llama.cpp tree; written once into ``--gguf-dir`` and reused); minimmf's side is ``PackedMMfreeLM.step`` at the same
+shape (``bench_decode.py``'s model and timing), TOKENS steps after a 4-token prefill. Per thread count the three are
+timed one after the other, and each keeps its best of ``--passes`` passes.
 """
 
 import argparse
@@ -132,6 +140,62 @@ def print_thread_columns(cells, threads, with_ggml: bool) -> None:
             print(f"| {O} × {I} | {mode} | " + " | ".join(row) + " |")
 
 
+def llama_bench_rate(gguf: Path, threads: int, tokens: int, repeats: int = 3) -> float:
+    """llama-bench's text-generation rate (tokens/s, its mean over ``repeats`` runs) for one GGUF."""
+    exe = Path(os.environ["LLAMA_CPP_DIR"]) / "build" / "bin" / "llama-bench"
+    out = subprocess.run([str(exe), "-m", str(gguf), "-p", "0", "-n", str(tokens), "-t", str(threads),
+                          "-r", str(repeats), "-o", "json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"llama-bench failed ({out.returncode}): {out.stderr.strip()[-800:]}")
+    return float(json.loads(out.stdout)[0]["avg_ts"])
+
+
+def whole_model(args) -> None:
+    """Batch-1 decode of the 370M shape: llama-bench on TQ2_0 / TQ1_0 GGUFs against PackedMMfreeLM.step."""
+    root = os.environ.get("LLAMA_CPP_DIR")
+    if not root or not (Path(root) / "build" / "bin" / "llama-bench").is_file():
+        print(HOW_TO_GET.replace("Timing minimmf and NumPy alone.", "Then run --whole-model again."))
+        raise SystemExit(1)
+    from bench_decode import SHAPES as DECODE_SHAPES
+    from bench_decode import decode_rate, random_bf16_model
+    ggufs = {}
+    args.gguf_dir.mkdir(parents=True, exist_ok=True)
+    for kind in ("tq2_0", "tq1_0"):
+        ggufs[kind] = args.gguf_dir / f"mmf370m-{kind}.gguf"
+        if not ggufs[kind].is_file():
+            print(f"writing {ggufs[kind]} (peers/make_gguf.py) ...", flush=True)
+            env = dict(os.environ, PYTHONPATH=str(Path(root) / "gguf-py"))
+            tmp = ggufs[kind].with_suffix(".part")
+            subprocess.run([sys.executable, str(Path(__file__).parent / "peers" / "make_gguf.py"), str(tmp),
+                            "--type", kind], check=True, env=env, stdout=subprocess.DEVNULL)
+            tmp.replace(ggufs[kind])
+    model = random_bf16_model(DECODE_SHAPES["370m"]).pack()
+    load0 = os.getloadavg()
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average at start {load0[0]:.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
+    best = {}
+    for p in range(args.passes):
+        for t in args.threads:
+            got = {f"llama.cpp {k.upper()}": llama_bench_rate(g, t, args.tokens) for k, g in ggufs.items()}
+            set_threads(t)
+            got["minimmf packed"] = decode_rate(model, args.tokens, repeats=3)
+            for name, v in got.items():
+                best.setdefault(t, {})[name] = max(best.get(t, {}).get(name, 0.0), v)
+            print(f"pass {p + 1}/{args.passes}, {t} thread(s): " + ", ".join(f"{k} {v:.1f}" for k, v in got.items())
+                  + f" tok/s; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print("\n| threads | llama.cpp TQ2_0 | llama.cpp TQ1_0 | minimmf packed | minimmf ÷ llama.cpp TQ2_0 |")
+    print("|---|---|---|---|---|")
+    for t, got in best.items():
+        print(f"| {t} | {got['llama.cpp TQ2_0']:.1f} tok/s | {got['llama.cpp TQ1_0']:.1f} | "
+              f"{got['minimmf packed']:.1f} | {got['minimmf packed'] / got['llama.cpp TQ2_0']:.2f} |")
+    load1 = os.getloadavg()
+    print(f"\n(batch-1 decode, {args.tokens} tokens per run; each cell the best of {args.passes} passes; "
+          f"load average at end {load1[0]:.2f})")
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "load_start": load0, "load_end": load1,
+                                         "tokens": args.tokens, "rates": best}, indent=1))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--passes", type=int, default=2, help="passes over the whole table; each cell keeps its best")
@@ -139,7 +203,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--modes", nargs="+", default=["hot", "cold"], choices=["hot", "cold"])
     ap.add_argument("--json", type=Path, help="also write every number here")
+    ap.add_argument("--whole-model", action="store_true", help="batch-1 decode of the 370M shape: llama-bench on "
+                                                               "TQ2_0/TQ1_0 GGUFs against PackedMMfreeLM.step")
+    ap.add_argument("--tokens", type=int, default=64, help="--whole-model: tokens generated per timed run")
+    ap.add_argument("--gguf-dir", type=Path, default=Path("runs/peers"),
+                    help="--whole-model: where the GGUFs are written once and reused")
     args = ap.parse_args(argv)
+    if args.whole_model:
+        return whole_model(args)
     exe = ggml_program()
     load0 = os.getloadavg()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, L3 {l3_bytes() >> 20} MiB; "

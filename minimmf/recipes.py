@@ -14,8 +14,11 @@ run itself is untouched), and one evaluation with its checkpoint, and fixes
 
 From then on the run is step-based: the paper's schedule (warm-up, cosine, halved midway; ``train.py``) runs
 over exactly ``steps`` steps, and ``steps`` is saved in the checkpoint with every other setting, so ``--resume``
-continues the same run. The price: on a machine that slows down during the run, the run overruns its budget by
-as much (the time it took is in ``metrics.jsonl`` and printed at the end).
+continues the same run. The budget stays a limit as well (``TrainConfig.minutes``): on a machine that turns
+slower during the run than in the timed steps (a shared machine does: one 10-minute run's steps took 185 to 286
+ms as other work came and went, measured), the schedule's progress becomes the fraction of the budget used once
+that is ahead of the fraction of steps done, so the schedule still completes and the run ends at the budget, with
+fewer steps. Only such a run depends on the clock; a run the machine keeps up with is bit for bit repeatable.
 
 Evaluations are spread over the run too: ``EVALUATIONS`` of them whatever its length, so even a one-minute
 run's ``loss.png`` draws a curve.
@@ -109,7 +112,8 @@ def eval_every_for(steps: int, evaluations: int = EVALUATIONS) -> int:
 
 
 def size_to_budget(cfg, model, split, log=print):
-    """``cfg`` with ``steps``, ``warmup_steps`` and ``eval_every`` fixed so the run fills ``cfg.budget_minutes``.
+    """``cfg`` with ``steps``, ``warmup_steps`` and ``eval_every`` fixed so the run fills ``cfg.budget_minutes``,
+    and ``minutes`` set to the budget: the backstop for a machine that turns slower than the timed steps said.
 
     Times training steps on a deep copy of ``model`` (batches from their own generator, seeded ``seed + 2``),
     then one evaluation and one checkpoint of the copy; ``model`` and the run's generator are not touched.
@@ -146,4 +150,4 @@ def size_to_budget(cfg, model, split, log=print):
     log(f"budget {cfg.budget_minutes:g} min: {step_s * 1e3:.1f} ms/step and {eval_s:.2f} s per evaluation "
         f"measured -> {steps:,} steps, evaluated every {eval_every_for(steps):,}")
     return dataclasses.replace(cfg, steps=steps, warmup_steps=max(1, round(WARMUP_FRACTION * steps)),
-                               eval_every=eval_every_for(steps))
+                               eval_every=eval_every_for(steps), minutes=cfg.budget_minutes)

@@ -107,13 +107,34 @@ def test_sizing_times_a_copy_and_leaves_the_model_untouched(corpus):
 
 
 def test_a_budget_sized_run_is_step_based_and_records_its_step_count(tmp_path, corpus, monkeypatch):
-    """The run does exactly the sized steps (no clock in the schedule), ~12 evaluations, and the checkpoint
-    holds the step count, so a resumed run continues the same schedule."""
+    """The run does exactly the sized steps when the machine keeps up (the clock only backstops), ~12
+    evaluations, and the checkpoint holds the step count, so a resumed run continues the same schedule."""
     monkeypatch.setattr(recipes, "steps_for_budget", lambda *a, **k: 24)       # a known count
     cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
-                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=0.05)
+                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=2.0)
     r = train(cfg, tmp_path, data=corpus, progress=False, log=lambda *a: None)
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert r.step == 24 and [x["step"] for x in recs] == list(range(2, 25, 2))
     saved = load_checkpoint(tmp_path).trainer["train_config"]
-    assert saved["steps"] == 24 and saved["budget_minutes"] == 0.05 and saved["eval_every"] == 2
+    assert saved["steps"] == 24 and saved["budget_minutes"] == 2.0 and saved["eval_every"] == 2
+    assert saved["minutes"] == 2.0                                              # the backstop, saved too
+
+
+def test_a_budget_sized_run_ends_at_the_budget_on_a_machine_slower_than_its_timed_steps(tmp_path, corpus,
+                                                                                        monkeypatch):
+    """If the steps turn out slower than the timed warm-up said (here: far more steps than the budget holds), the
+    clock ends the run at the budget, and the schedule still completes: the last step runs near the cosine's end."""
+    from minimmf.schedule import learning_rate
+    monkeypatch.setattr(recipes, "steps_for_budget", lambda *a, **k: 10**6)    # "the machine slowed down"
+    budget = 0.02                                                               # 1.2 s
+    cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
+                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=budget)
+    r = train(cfg, tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    assert 1 <= r.step < 10**6 and r.seconds >= budget * 60
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == r.step                                           # evaluated and saved at the end
+    saved = load_checkpoint(tmp_path).trainer["train_config"]
+    sized = TrainConfig(**{**saved, "betas": tuple(saved["betas"])})
+    assert sized.minutes == budget and sized.steps == 10**6
+    # the last step ran near the schedule's end (progress by the clock: it started just before the budget ran out)
+    assert learning_rate(r.step, 1.0, sized) <= recs[-1]["lr"] <= learning_rate(r.step, 0.8, sized)
