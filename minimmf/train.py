@@ -405,6 +405,7 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
             if cfg.minutes is not None:
                 prog = max(prog, seconds / (cfg.minutes * 60))
             step += 1
+            t_step = seconds
             lr = learning_rate(step, prog, cfg)
             batch = sample_batch(split.train, cfg.batch_size, cfg.seq_len, rng)   # (B, T + 1)
             try:                                   # a non-finite loss, gradient or parameter stops the run here
@@ -426,7 +427,9 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / max(seconds, 1e-9):,.0f}", refresh=False)
-            last = step >= cfg.steps or (cfg.minutes is not None and seconds >= cfg.minutes * 60)
+            # a time limit ends the run at the last step that fits: the next would take about as long as this one
+            last = step >= cfg.steps or (cfg.minutes is not None
+                                         and seconds + (seconds - t_step) >= cfg.minutes * 60)
             if step % cfg.eval_every == 0 or last:
                 result = _evaluate_and_log(model, split, cfg, step, tokens, seconds, recent, lr, val_cpt,
                                            metrics_path, bar, log)

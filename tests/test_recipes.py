@@ -130,7 +130,7 @@ def test_a_budget_sized_run_ends_at_the_budget_on_a_machine_slower_than_its_time
     cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
                       batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=budget)
     r = train(cfg, tmp_path, data=corpus, progress=False, log=lambda *a: None)
-    assert 1 <= r.step < 10**6 and r.seconds >= budget * 60
+    assert 1 <= r.step < 10**6 and r.seconds < 30                               # stopped by the clock, early
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == r.step                                           # evaluated and saved at the end
     saved = load_checkpoint(tmp_path).trainer["train_config"]
