@@ -364,6 +364,7 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
         except (TypeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{out / 'checkpoint' / 'trainer.json'} has an invalid rng state ({e})") from None
     step, tokens, seconds0 = state.get("step", 0), state.get("tokens", 0), state.get("seconds", 0.0)
+    time_up = state.get("time_up") is True                      # the time limit ended the run (not an interrupt)
     recent = list(state.get("recent_losses", []))               # train losses since the last evaluation
     val_cpt = split.val_chars / len(split.val)                  # characters per validation token
     metrics_path = out / "metrics.jsonl"
@@ -379,7 +380,7 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
         return {"step": step, "tokens": tokens, "seconds": seconds, "rng": rng.bit_generator.state,
                 "threads": threads, "recent_losses": [float(x) for x in recent],
                 "train_config": dataclasses.asdict(cfg), "data_sha256": _fingerprint(corpus.text),
-                "data_path": data_path, "data_source": corpus.source}
+                "data_path": data_path, "data_source": corpus.source, "time_up": time_up}
 
     from .fast.memory import prepare_process
     prepare_process()                                          # keep freed memory for the next step
@@ -396,8 +397,8 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
     result = None
     last_saved = step
     with _DeferredInterrupt() as interrupt:                     # Ctrl-C ends the run between steps
-        spent = cfg.minutes is not None and seconds0 >= cfg.minutes * 60 and step > 0   # a resumed run whose
-        while not spent:                                        # time was already up makes no more steps
+        spent = cfg.minutes is not None and step > 0 and (seconds0 >= cfg.minutes * 60 or time_up)  # a resumed
+        while not spent:                                        # run whose time was already up makes no more steps
             seconds = time.perf_counter() - t_start
             if step >= cfg.steps:                               # (a time budget ends the loop below, after
                 break                                           # the last step's evaluation and checkpoint)
@@ -428,8 +429,8 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / max(seconds, 1e-9):,.0f}", refresh=False)
             # a time limit ends the run at the last step that fits: the next would take about as long as this one
-            last = step >= cfg.steps or (cfg.minutes is not None
-                                         and seconds + (seconds - t_step) >= cfg.minutes * 60)
+            time_up = cfg.minutes is not None and seconds + (seconds - t_step) >= cfg.minutes * 60
+            last = step >= cfg.steps or time_up
             if step % cfg.eval_every == 0 or last:
                 result = _evaluate_and_log(model, split, cfg, step, tokens, seconds, recent, lr, val_cpt,
                                            metrics_path, bar, log)

@@ -138,3 +138,15 @@ def test_a_budget_sized_run_ends_at_the_budget_on_a_machine_slower_than_its_time
     assert sized.minutes == budget and sized.steps == 10**6
     # the last step ran near the schedule's end (progress by the clock: it started just before the budget ran out)
     assert learning_rate(r.step, 1.0, sized) <= recs[-1]["lr"] <= learning_rate(r.step, 0.8, sized)
+
+
+def test_a_run_the_clock_ended_makes_no_more_steps_when_resumed(tmp_path, corpus, monkeypatch):
+    """The time limit ends a run at the last step that fits, before the limit itself: resuming it must not read
+    the few seconds left as time for one more step."""
+    monkeypatch.setattr(recipes, "steps_for_budget", lambda *a, **k: 10**6)
+    cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
+                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=0.02)
+    first = train(cfg, tmp_path, data=corpus, progress=False, log=lambda *a: None)
+    assert load_checkpoint(tmp_path).trainer["time_up"] is True
+    again = train(None, tmp_path, resume=True, progress=False, log=lambda *a: None)
+    assert again.step == first.step
