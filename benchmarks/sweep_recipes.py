@@ -79,8 +79,9 @@ def relative_costs(data: str, minutes: float, tokenizer: str, texts: list[str], 
     """Median seconds per training step of each candidate's shape, measured interleaved in this process."""
     import numpy as np
 
-    from minimmf.data import encode_split, load_corpus, sample_batch, split_text
-    from minimmf.optim import AdamW, clip_grads
+    from minimmf.data import encode_split, load_corpus, split_text
+    from minimmf.optim import AdamW
+    from minimmf.recipes import timed_step
     from minimmf.threads import sleeping_workers
     from minimmf.tokenizer import train_bpe, train_char
     sleeping_workers()
@@ -97,14 +98,9 @@ def relative_costs(data: str, minutes: float, tokenizer: str, texts: list[str], 
     for r in range(rounds + 1):                                     # round 0: compile and warm up
         for i, (cfg, split, model, opt) in enumerate(setups):
             for _ in range(4):
-                batch = sample_batch(split.train, cfg.batch_size, cfg.seq_len, rng)
-                t0 = time.perf_counter()
-                _, grads = model.loss_and_grads(batch, batch)
-                if cfg.grad_clip:
-                    grads, _ = clip_grads(grads, cfg.grad_clip)
-                opt.step(model.params, grads, lr=cfg.lr * 0.01)
+                t = timed_step(model, opt, cfg, split.train, rng)
                 if r:
-                    times[i].append(time.perf_counter() - t0)
+                    times[i].append(t)
     return [float(np.median(t)) for t in times]
 
 

@@ -111,6 +111,20 @@ def eval_every_for(steps: int, evaluations: int = EVALUATIONS) -> int:
     return max(1, steps // evaluations)
 
 
+def timed_step(model, opt, cfg, train_tokens, rng) -> float:
+    """Seconds of one training step of ``model`` as a run of ``cfg`` makes it (a batch drawn from ``train_tokens``
+    by ``rng``, gradients, clipping, the optimizer's update at 1% of the peak rate), the batch draw not counted."""
+    from .data import sample_batch
+    from .optim import clip_grads
+    batch = sample_batch(train_tokens, cfg.batch_size, cfg.seq_len, rng)
+    t0 = time.perf_counter()
+    _, grads = model.loss_and_grads(batch, batch)
+    if cfg.grad_clip:
+        grads, _ = clip_grads(grads, cfg.grad_clip)
+    opt.step(model.params, grads, lr=cfg.lr * 0.01)
+    return time.perf_counter() - t0
+
+
 def size_to_budget(cfg, model, split, log=print):
     """``cfg`` with ``steps``, ``warmup_steps`` and ``eval_every`` fixed so the run fills ``cfg.budget_minutes``,
     and ``minutes`` set to the budget: the backstop for a machine that turns slower than the timed steps said.
@@ -120,21 +134,14 @@ def size_to_budget(cfg, model, split, log=print):
     Call it after the thread count is set: the time per step depends on it.
     """
     from .checkpoint import save_checkpoint
-    from .data import sample_batch
-    from .optim import AdamW, clip_grads
+    from .optim import AdamW
     from .train import evaluate
     probe = copy.deepcopy(model)
     opt = AdamW(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 2)
 
     def one_step():
-        batch = sample_batch(split.train, cfg.batch_size, cfg.seq_len, rng)
-        t0 = time.perf_counter()
-        _, grads = probe.loss_and_grads(batch, batch)
-        if cfg.grad_clip:
-            grads, _ = clip_grads(grads, cfg.grad_clip)
-        opt.step(probe.params, grads, lr=cfg.lr * 0.01)
-        return time.perf_counter() - t0
+        return timed_step(probe, opt, cfg, split.train, rng)
 
     one_step(), one_step()                                          # compile, fault in the optimizer state
     times, t_end = [], time.perf_counter() + PROBE_SECONDS
