@@ -282,15 +282,19 @@ def test_offset_matmul_takes_a_single_vector_and_leaves_inputs_alone():
     np.testing.assert_array_equal(packed.codes, before_codes)
 
 
-def test_offset_kernel_uses_the_u8_times_i8_multiply_add_on_avx2_hosts():
-    """On AVX2 hosts the compiled row kernel contains vpmaddubsw and vpmaddwd (else the portable twin is chosen)."""
+def test_offset_kernel_uses_the_u8_times_i8_multiply_add_instructions_of_the_host():
+    """AVX-512 VNNI hosts: the compiled row kernel contains vpdpbusd on 512-bit registers; other AVX2 hosts:
+    vpmaddubsw and vpmaddwd; elsewhere the portable twin is chosen."""
     if not ternary.HAVE_AVX2:
-        assert ternary._offset_rows is ternary._offset_rows_portable
+        assert not ternary.HAVE_VNNI512 and ternary._offset_rows is ternary._offset_rows_portable
         return
     probe = njit(lambda codes, xp, nb, y: ternary.offset_rows_int(codes, 0, codes.shape[0], xp, 0, nb, y))
     probe(pack_offset(np.ones((4, 256), np.int8)).codes, np.zeros(256, np.int8), 2, np.empty(4, np.int32))
     asm = probe.inspect_asm(probe.signatures[0])
-    assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+    if ternary.HAVE_VNNI512:
+        assert "vpdpbusd" in asm and "zmm" in asm and "vpmaddubsw" not in asm
+    else:
+        assert "vpmaddubsw" in asm and "vpmaddwd" in asm
 
 
 def test_offset_functions_reject_bad_input_naming_the_argument():

@@ -465,20 +465,135 @@ def _avx2_rows_intrinsic(R: int):
     return rows
 
 
-if HAVE_AVX2:
-    _avx2_rows4 = _avx2_rows_intrinsic(OFFSET_ROWS)
-    _avx2_rows1 = _avx2_rows_intrinsic(1)
+def _host_has_vnni512() -> bool:
+    """True when the JIT is on and LLVM reports AVX-512 BW and VNNI for this host (then the VNNI kernel is used)."""
+    if not HAVE_AVX2:
+        return False
+    import llvmlite.binding as ll
 
+    features = ll.get_host_cpu_features().flatten().split(",")
+    return "+avx512bw" in features and "+avx512vnni" in features
+
+
+HAVE_VNNI512 = _host_has_vnni512()
+
+
+# AVX-512 VNNI has the whole "unsigned byte times signed byte, four adjacent products added" step as ONE
+# instruction that also accumulates into int32 lanes: ``vpdpbusd``. With it the kernel needs no int16 sums and no
+# widening, and each instruction covers 64 weights instead of 32: per 256 weights of one row (the two blocks b and
+# b + 1, which are 64 consecutive code bytes) one 64-byte load, 3 shifts, 4 ANDs and 4 ``vpdpbusd``. Field k of
+# those 64 bytes holds inputs 128 b + 32 k + j (bytes j < 32) and 128 (b + 1) + 32 k + j (bytes 32 + j), so the
+# matching activations are the two 32-byte pieces xp[128 b + 32 k:][:32] and xp[128 (b + 1) + 32 k:][:32] side by
+# side: loaded once per pass for all R rows. An odd last block is done with the upper halves zeroed.
+
+def _vnni512_rows_intrinsic(R: int):
+    """An intrinsic (codes, r0, xp, nblocks, raw) -> None doing raw[r0 + r] = sum_i c[r0 + r, i] xp[i], r < R.
+
+    Per pair of blocks (b, b + 1) and row r: e_k = (codes[r, 32b:32b+64] >> 2k) & 3 (k = 0..3, as 32-bit shifts
+    then a byte mask), acc_r = vpdpbusd(acc_r, e_k, [xp[128b+32k:][:32], xp[128(b+1)+32k:][:32]]) (16 int32 lanes).
+    """
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    v32i8, v64i8, v16i32 = ir.VectorType(i8, 32), ir.VectorType(i8, 64), ir.VectorType(i32, 16)
+    both_halves = ir.Constant(ir.VectorType(i32, 64), list(range(64)))  # [low 32 bytes, high 32 bytes]
+
+    @intrinsic
+    def rows(typingctx, codes, r0, xp, nblocks, raw):
+        sig = types.void(codes, r0, xp, nblocks, raw)
+
+        def codegen(context, builder, sig, args):
+            ca = context.make_array(sig.args[0])(context, builder, args[0])
+            xa = context.make_array(sig.args[2])(context, builder, args[2])
+            oa = context.make_array(sig.args[4])(context, builder, args[4])
+            r0v, nb = args[1], args[3]
+            idx = r0v.type
+            mod = builder.module
+            # 512-bit vectors are legal in this function even where LLVM is tuned to prefer 256-bit ones (the
+            # string attribute clang sets for 512-bit intrinsics; llvmlite's attribute set lists no string ones)
+            set.add(builder.function.attributes, '"min-legal-vector-width"="512"')
+            dpbusd = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]), "llvm.x86.avx512.vpdpbusd.512")
+            prefetch = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32]), "llvm.prefetch.p0")
+            row_stride = cgutils.unpack_tuple(builder, ca.strides, 2)[0]
+            rows_p = [builder.gep(ca.data, [builder.mul(builder.add(r0v, ir.Constant(idx, r)), row_stride)])
+                      for r in range(R)]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(R)]
+            mask3 = ir.Constant(v64i8, [3] * 64)
+            zero32 = ir.Constant(v32i8, None)
+
+            def load(base, offset, vty):
+                return builder.load(builder.bitcast(builder.gep(base, [offset]), vty.as_pointer()), align=1)
+
+            def side_by_side(lo, hi):
+                return builder.shuffle_vector(lo, hi, both_halves)
+
+            def step(b, width):
+                """acc_r += the products of blocks b .. b + width - 1 (width 2, or 1 with zeroed upper halves)."""
+                x0 = builder.mul(b, ir.Constant(idx, 128))
+                xs = []
+                for k in range(4):
+                    lo = load(xa.data, builder.add(x0, ir.Constant(idx, 32 * k)), v32i8)
+                    hi = (load(xa.data, builder.add(x0, ir.Constant(idx, 128 + 32 * k)), v32i8) if width == 2
+                          else zero32)
+                    xs.append(side_by_side(lo, hi))
+                w0 = builder.mul(b, ir.Constant(idx, 32))
+                # The R rows are contiguous: ask for the bytes PREFETCH_PASSES passes ahead at the rate this
+                # pass consumes its own (R * 32 bytes per block, one request per 64-byte line).
+                ahead0 = builder.add(prefetch_ahead, builder.mul(b, ir.Constant(idx, R * 32)))
+                for line in range(0, R * 32 * width, 64):
+                    ahead = builder.gep(rows_p[0], [builder.add(ahead0, ir.Constant(idx, line))])
+                    builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
+                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                for r in range(R):
+                    w = (load(rows_p[r], w0, v64i8) if width == 2
+                         else side_by_side(load(rows_p[r], w0, v32i8), zero32))
+                    w32 = builder.bitcast(w, v16i32)
+                    acc = builder.load(accs[r])
+                    for k in range(4):
+                        e = w if k == 0 else builder.bitcast(builder.lshr(w32, ir.Constant(v16i32, [2 * k] * 16)),
+                                                             v64i8)
+                        acc = builder.call(dpbusd, [acc, builder.and_(e, mask3), xs[k]])
+                    builder.store(acc, accs[r])
+
+            prefetch_ahead = builder.mul(row_stride, ir.Constant(idx, PREFETCH_PASSES * R))
+            two = ir.Constant(idx, 2)
+            npairs = builder.sdiv(nb, two)
+            with cgutils.for_range(builder, npairs) as loop:
+                step(builder.mul(loop.index, two), 2)
+            with builder.if_then(builder.icmp_signed("<", builder.mul(npairs, two), nb)):
+                step(builder.mul(npairs, two), 1)                     # the odd last block
+            for r in range(R):
+                acc = builder.load(accs[r])
+                total = builder.extract_element(acc, ir.Constant(i32, 0))
+                for lane in range(1, 16):
+                    total = builder.add(total, builder.extract_element(acc, ir.Constant(i32, lane)))
+                builder.store(total, builder.gep(oa.data, [builder.add(r0v, ir.Constant(idx, r))]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return rows
+
+
+def _rows_driver(rows_r, rows_1):
+    """_offset_rows from an R-row and a one-row kernel: OFFSET_ROWS rows per pass, then one at a time."""
     @njit(inline="always")
-    def _offset_rows(codes, r0, r1, xp, nblocks, raw):
+    def offset_rows(codes, r0, r1, xp, nblocks, raw):
         """raw[o] = sum_i c[o, i] xp[i] for r0 <= o < r1: 4 rows per pass, then one at a time."""
         o = r0
         while o + OFFSET_ROWS <= r1:
-            _avx2_rows4(codes, o, xp, nblocks, raw)
+            rows_r(codes, o, xp, nblocks, raw)
             o += OFFSET_ROWS
         while o < r1:
-            _avx2_rows1(codes, o, xp, nblocks, raw)
+            rows_1(codes, o, xp, nblocks, raw)
             o += 1
+    return offset_rows
+
+
+if HAVE_VNNI512:
+    _offset_rows = _rows_driver(_vnni512_rows_intrinsic(OFFSET_ROWS), _vnni512_rows_intrinsic(1))
+elif HAVE_AVX2:
+    _offset_rows = _rows_driver(_avx2_rows_intrinsic(OFFSET_ROWS), _avx2_rows_intrinsic(1))
 else:
     _offset_rows = _offset_rows_portable
 
