@@ -56,7 +56,10 @@ int main(int argc, char **argv) {
     }
 
     const size_t w_bytes = ggml_row_size(type, n_in) * n_out;
-    const size_t mem = ring * (w_bytes + 4 * n_out + 1024) + 16 * n_in + (64u << 20);
+    /* per matrix of the ring: its weights, its output, two tensor headers and one graph (ggml_new_graph's
+       default size, ~160 KiB: a large ring needs it counted); then x and some slack */
+    const size_t mem = ring * (w_bytes + ggml_row_size(GGML_TYPE_F32, n_out) + 2 * ggml_tensor_overhead()
+                               + ggml_graph_overhead()) + ggml_row_size(GGML_TYPE_F32, n_in) + (16u << 20);
     struct ggml_init_params ip = { mem, NULL, false };
     struct ggml_context *ctx = ggml_init(ip);
     if (!ctx) { fprintf(stderr, "ggml_init failed for %zu bytes\n", mem); return 1; }
