@@ -379,6 +379,9 @@ def _host_has_avx2() -> bool:
 
 HAVE_AVX2 = _host_has_avx2()
 PREFETCH_PASSES = 2  # the AVX2 kernel asks for the code bytes of the rows it will read this many passes later
+PREFETCH_LOCALITY = 3  # llvm.prefetch locality 3 = prefetcht0, into L1. Measured on an AVX-512 VNNI Xeon, 370M decode,
+# 1 thread, % of the bandwidth bound: 2 passes into L1 59 / 49 %, 8 passes into L2 (locality 1) 56 / 61 %,
+# 16 passes non-temporal (locality 0) 20 %: the run-to-run spread is as large as the difference, so L1 it stays.
 
 
 def _avx2_rows_intrinsic(R: int):
@@ -439,7 +442,7 @@ def _avx2_rows_intrinsic(R: int):
                     for line in range(0, R * 32, 64):
                         ahead = builder.gep(rows_p[0], [builder.add(ahead0, ir.Constant(idx, line))])
                         builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
-                                                ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                                                ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
                     for r in range(R):
                         w = load(rows_p[r], w0, v32i8)
                         w16 = builder.bitcast(w, v16i16)
@@ -543,7 +546,7 @@ def _vnni512_rows_intrinsic(R: int):
                 for line in range(0, R * 32 * width, 64):
                     ahead = builder.gep(rows_p[0], [builder.add(ahead0, ir.Constant(idx, line))])
                     builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
-                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                                            ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
                 for r in range(R):
                     w = (load(rows_p[r], w0, v64i8) if width == 2
                          else side_by_side(load(rows_p[r], w0, v32i8), zero32))
