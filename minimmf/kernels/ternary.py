@@ -380,8 +380,9 @@ def _host_has_avx2() -> bool:
 HAVE_AVX2 = _host_has_avx2()
 PREFETCH_PASSES = 2  # the AVX2 kernel asks for the code bytes of the rows it will read this many passes later
 PREFETCH_LOCALITY = 3  # llvm.prefetch locality 3 = prefetcht0, into L1. Measured on an AVX-512 VNNI Xeon, 370M decode,
-# 1 thread, % of the bandwidth bound: 2 passes into L1 59 / 49 %, 8 passes into L2 (locality 1) 56 / 61 %,
-# 16 passes non-temporal (locality 0) 20 %: the run-to-run spread is as large as the difference, so L1 it stays.
+# 1 thread, % of the bandwidth bound: 2 passes into L1 42-59 % (4 runs), 8 passes with prefetcht2 (locality 1)
+# 56 / 61 %, 16 passes non-temporal (locality 0) 20 % (benchmarks/README.md): the spread between repeats is as
+# large as the difference, so L1 it stays.
 
 
 def _avx2_rows_intrinsic(R: int):
