@@ -12,12 +12,9 @@ Public API::
     for token_id in minimmf.generate(model, prompt_ids, 50): ...
     minimmf.set_path("reference")       # run every layer from its readable file ("fast", "auto": seam.py)
 """
-import os as _os
-
-# OpenBLAS and Numba each keep a thread pool whose idle threads spin; on a 2-core machine the
-# two pools fight and small per-token work slows down ~100x. Let OpenBLAS's threads sleep soon.
-# (Takes effect only if NumPy has not been imported yet.)
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# First, before NumPy loads OpenBLAS if it has not yet: OpenBLAS's and Numba's idle threads must not spin
+# against each other on a 2-core machine (kernels/_numba.py says how, also when NumPy was imported first).
+from .kernels import _numba as _threads_setup                     # noqa: F401
 
 from .config import ConfigError, MMfreeConfig                      # noqa: E402
 from .interop import from_reference, key_table, to_reference       # noqa: E402
