@@ -378,95 +378,121 @@ def _host_has_avx2() -> bool:
 
 
 HAVE_AVX2 = _host_has_avx2()
-PREFETCH_PASSES = 2  # the AVX2 kernel asks for the code bytes of the rows it will read this many passes later
+PREFETCH_PASSES = 2  # the row kernels ask for the code bytes of the rows they will read this many passes later
 PREFETCH_LOCALITY = 3  # llvm.prefetch locality 3 = prefetcht0, into L1. Measured on an AVX-512 VNNI Xeon, 370M decode,
 # 1 thread, % of the bandwidth bound: 2 passes into L1 42-59 % (4 runs), 8 passes with prefetcht2 (locality 1)
 # 56 / 61 %, 16 passes non-temporal (locality 0) 20 % (benchmarks/README.md): the spread between repeats is as
 # large as the difference, so L1 it stays.
 
 
-def _avx2_rows_intrinsic(R: int):
-    """An intrinsic (codes, r0, xp, nblocks, raw) -> None doing raw[r0 + r] = sum_i c[r0 + r, i] xp[i], r < R.
+class _RowsCode:
+    """What the row kernels' code generators share, for R rows from r0: the arrays' data pointers, the R row
+    pointers, R accumulators of type ``acc_type``, unaligned vector loads, the prefetch of the code bytes of
+    PREFETCH_PASSES passes ahead, and at the end each accumulator's lanes added and stored in raw[r0 + r]."""
 
-    Per block b and row r: e_k = (codes[r, 32b:32b+32] >> 2k) & 3 (k = 0..3, as 16-bit shifts then a byte mask),
-    t += sum_k vpmaddubsw(e_k, xp[128b+32k : 128b+32k+32]) (16 int16 lanes, at most 2048 more per block), and
-    every OFFSET_GROUP blocks acc_r += vpmaddwd(t, 1) (int32 lanes), t = 0.
-    """
-    i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-    v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+    def __init__(self, context, builder, sig, args, R: int, acc_type):
+        self.b, self.R = builder, R
+        ca = context.make_array(sig.args[0])(context, builder, args[0])
+        self.x = context.make_array(sig.args[2])(context, builder, args[2]).data
+        self.out = context.make_array(sig.args[4])(context, builder, args[4]).data
+        self.r0, self.nb = args[1], args[3]
+        self.idx = self.r0.type
+        row_stride = cgutils.unpack_tuple(builder, ca.strides, 2)[0]
+        self.rows = [builder.gep(ca.data, [builder.mul(builder.add(self.r0, self.const(r)), row_stride)])
+                     for r in range(R)]
+        self.accs = [cgutils.alloca_once_value(builder, ir.Constant(acc_type, None)) for _ in range(R)]
+        self.ahead = builder.mul(row_stride, self.const(PREFETCH_PASSES * R))
+        self.prefetch = self.function("llvm.prefetch.p0", ir.VoidType(), [cgutils.voidptr_t] + [ir.IntType(32)] * 3)
 
+    def const(self, v: int):
+        return ir.Constant(self.idx, v)
+
+    def function(self, name: str, ret, params):
+        return cgutils.get_or_insert_function(self.b.module, ir.FunctionType(ret, params), name)
+
+    def load(self, base, offset, vty):
+        return self.b.load(self.b.bitcast(self.b.gep(base, [offset]), vty.as_pointer()), align=1)
+
+    def prefetch_ahead(self, b, nbytes: int) -> None:
+        """Ask for the code bytes PREFETCH_PASSES passes ahead of block b at the rate a pass consumes its own (the
+        R rows are contiguous: R * 32 bytes per block), nbytes of them, one request per 64-byte line."""
+        i32 = ir.IntType(32)
+        ahead0 = self.b.add(self.ahead, self.b.mul(b, self.const(self.R * 32)))
+        for line in range(0, nbytes, 64):
+            at = self.b.gep(self.rows[0], [self.b.add(ahead0, self.const(line))])
+            self.b.call(self.prefetch, [self.b.bitcast(at, cgutils.voidptr_t), ir.Constant(i32, 0),
+                                        ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
+
+    def store_sums(self) -> None:
+        i32 = ir.IntType(32)
+        for r in range(self.R):
+            acc = self.b.load(self.accs[r])
+            total = self.b.extract_element(acc, ir.Constant(i32, 0))
+            for lane in range(1, acc.type.count):
+                total = self.b.add(total, self.b.extract_element(acc, ir.Constant(i32, lane)))
+            self.b.store(total, self.b.gep(self.out, [self.b.add(self.r0, self.const(r))]))
+
+
+def _rows_intrinsic(R: int, acc_type, emit_loops):
+    """An intrinsic (codes, r0, xp, nblocks, raw) -> None doing raw[r0 + r] = sum_i c[r0 + r, i] xp[i], r < R,
+    whose loops over the blocks ``emit_loops(code: _RowsCode)`` writes (adding into code.accs)."""
     @intrinsic
     def rows(typingctx, codes, r0, xp, nblocks, raw):
         sig = types.void(codes, r0, xp, nblocks, raw)
 
         def codegen(context, builder, sig, args):
-            ca = context.make_array(sig.args[0])(context, builder, args[0])
-            xa = context.make_array(sig.args[2])(context, builder, args[2])
-            oa = context.make_array(sig.args[4])(context, builder, args[4])
-            r0v, nb = args[1], args[3]
-            idx = r0v.type
-            mod = builder.module
-            maddubs = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
-            maddwd = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
-            prefetch = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32]), "llvm.prefetch.p0")
-            row_stride = cgutils.unpack_tuple(builder, ca.strides, 2)[0]
-            rows_p = [builder.gep(ca.data, [builder.mul(builder.add(r0v, ir.Constant(idx, r)), row_stride)])
-                      for r in range(R)]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(R)]
-            mask3 = ir.Constant(v32i8, [3] * 32)
-            ones = ir.Constant(v16i16, [1] * 16)
-
-            def load(base, offset, vty):
-                return builder.load(builder.bitcast(builder.gep(base, [offset]), vty.as_pointer()), align=1)
-
-            one = ir.Constant(idx, 1)
-            prefetch_ahead = builder.mul(row_stride, ir.Constant(idx, PREFETCH_PASSES * R))
-            group = ir.Constant(idx, OFFSET_GROUP)
-            ngroups = builder.sdiv(builder.add(nb, ir.Constant(idx, OFFSET_GROUP - 1)), group)
-            sums = [cgutils.alloca_once(builder, v16i16) for _ in range(R)]
-            with cgutils.for_range(builder, ngroups) as gloop:
-                b0 = builder.mul(gloop.index, group)
-                b1 = builder.add(b0, group)
-                b1 = builder.select(builder.icmp_signed("<", b1, nb), b1, nb)
-                for r in range(R):
-                    builder.store(ir.Constant(v16i16, None), sums[r])
-                with cgutils.for_range_slice(builder, b0, b1, one) as (b, _):
-                    x0 = builder.mul(b, ir.Constant(idx, 128))
-                    xs = [load(xa.data, builder.add(x0, ir.Constant(idx, 32 * k)), v32i8) for k in range(4)]
-                    w0 = builder.mul(b, ir.Constant(idx, 32))
-                    # The R rows are contiguous: ask for the bytes PREFETCH_PASSES passes ahead at the rate this
-                    # pass consumes its own (R * 32 bytes per block, one request per 64-byte line).
-                    ahead0 = builder.add(prefetch_ahead, builder.mul(b, ir.Constant(idx, R * 32)))
-                    for line in range(0, R * 32, 64):
-                        ahead = builder.gep(rows_p[0], [builder.add(ahead0, ir.Constant(idx, line))])
-                        builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
-                                                ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
-                    for r in range(R):
-                        w = load(rows_p[r], w0, v32i8)
-                        w16 = builder.bitcast(w, v16i16)
-                        t = builder.load(sums[r])
-                        for k in range(4):
-                            e = w if k == 0 else builder.bitcast(
-                                builder.lshr(w16, ir.Constant(v16i16, [2 * k] * 16)), v32i8)
-                            t = builder.add(t, builder.call(maddubs, [builder.and_(e, mask3), xs[k]]))
-                        builder.store(t, sums[r])
-                for r in range(R):  # widen the group's int16 lanes into the int32 accumulator
-                    builder.store(builder.add(builder.load(accs[r]), builder.call(maddwd, [builder.load(sums[r]), ones])),
-                                  accs[r])
-            for r in range(R):
-                acc = builder.load(accs[r])
-                total = builder.extract_element(acc, ir.Constant(i32, 0))
-                for lane in range(1, 8):
-                    total = builder.add(total, builder.extract_element(acc, ir.Constant(i32, lane)))
-                builder.store(total, builder.gep(oa.data, [builder.add(r0v, ir.Constant(idx, r))]))
+            code = _RowsCode(context, builder, sig, args, R, acc_type)
+            emit_loops(code)
+            code.store_sums()
             return context.get_dummy_value()
 
         return sig, codegen
 
     return rows
+
+
+def _avx2_rows_intrinsic(R: int):
+    """The AVX2 row kernel for R rows: per block b and row r, e_k = (codes[r, 32b:32b+32] >> 2k) & 3 (k = 0..3, as
+    16-bit shifts then a byte mask), t += sum_k vpmaddubsw(e_k, xp[128b+32k : 128b+32k+32]) (16 int16 lanes, at
+    most 2048 more per block), and every OFFSET_GROUP blocks acc_r += vpmaddwd(t, 1) (int32 lanes), t = 0.
+    """
+    i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+    v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+    mask3 = ir.Constant(v32i8, [3] * 32)
+    ones = ir.Constant(v16i16, [1] * 16)
+
+    def emit_loops(code: _RowsCode) -> None:
+        builder, const = code.b, code.const
+        maddubs = code.function("llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+        maddwd = code.function("llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+        group = const(OFFSET_GROUP)
+        ngroups = builder.sdiv(builder.add(code.nb, const(OFFSET_GROUP - 1)), group)
+        sums = [cgutils.alloca_once(builder, v16i16) for _ in range(R)]
+        with cgutils.for_range(builder, ngroups) as gloop:
+            b0 = builder.mul(gloop.index, group)
+            b1 = builder.add(b0, group)
+            b1 = builder.select(builder.icmp_signed("<", b1, code.nb), b1, code.nb)
+            for r in range(R):
+                builder.store(ir.Constant(v16i16, None), sums[r])
+            with cgutils.for_range_slice(builder, b0, b1, const(1)) as (b, _):
+                x0 = builder.mul(b, const(128))
+                xs = [code.load(code.x, builder.add(x0, const(32 * k)), v32i8) for k in range(4)]
+                w0 = builder.mul(b, const(32))
+                code.prefetch_ahead(b, R * 32)
+                for r in range(R):
+                    w = code.load(code.rows[r], w0, v32i8)
+                    w16 = builder.bitcast(w, v16i16)
+                    t = builder.load(sums[r])
+                    for k in range(4):
+                        e = w if k == 0 else builder.bitcast(
+                            builder.lshr(w16, ir.Constant(v16i16, [2 * k] * 16)), v32i8)
+                        t = builder.add(t, builder.call(maddubs, [builder.and_(e, mask3), xs[k]]))
+                    builder.store(t, sums[r])
+            for r in range(R):  # widen the group's int16 lanes into the int32 accumulator
+                builder.store(builder.add(builder.load(code.accs[r]),
+                                          builder.call(maddwd, [builder.load(sums[r]), ones])), code.accs[r])
+
+    return _rows_intrinsic(R, v8i32, emit_loops)
 
 
 def _host_has_vnni512() -> bool:
@@ -491,92 +517,52 @@ HAVE_VNNI512 = _host_has_vnni512()
 # side: loaded once per pass for all R rows. An odd last block is done with the upper halves zeroed.
 
 def _vnni512_rows_intrinsic(R: int):
-    """An intrinsic (codes, r0, xp, nblocks, raw) -> None doing raw[r0 + r] = sum_i c[r0 + r, i] xp[i], r < R.
-
-    Per pair of blocks (b, b + 1) and row r: e_k = (codes[r, 32b:32b+64] >> 2k) & 3 (k = 0..3, as 32-bit shifts
-    then a byte mask), acc_r = vpdpbusd(acc_r, e_k, [xp[128b+32k:][:32], xp[128(b+1)+32k:][:32]]) (16 int32 lanes).
+    """The AVX-512 VNNI row kernel for R rows: per pair of blocks (b, b + 1) and row r,
+    e_k = (codes[r, 32b:32b+64] >> 2k) & 3 (k = 0..3, as 32-bit shifts then a byte mask) and
+    acc_r = vpdpbusd(acc_r, e_k, [xp[128b+32k:][:32], xp[128(b+1)+32k:][:32]]) (16 int32 lanes).
     """
     i8, i32 = ir.IntType(8), ir.IntType(32)
     v32i8, v64i8, v16i32 = ir.VectorType(i8, 32), ir.VectorType(i8, 64), ir.VectorType(i32, 16)
     both_halves = ir.Constant(ir.VectorType(i32, 64), list(range(64)))  # [low 32 bytes, high 32 bytes]
+    mask3 = ir.Constant(v64i8, [3] * 64)
+    zero32 = ir.Constant(v32i8, None)
 
-    @intrinsic
-    def rows(typingctx, codes, r0, xp, nblocks, raw):
-        sig = types.void(codes, r0, xp, nblocks, raw)
+    def emit_loops(code: _RowsCode) -> None:
+        builder, const = code.b, code.const
+        # 512-bit vectors are legal in this function even where LLVM is tuned to prefer 256-bit ones (the
+        # string attribute clang sets for 512-bit intrinsics; llvmlite's attribute set lists no string ones)
+        set.add(builder.function.attributes, '"min-legal-vector-width"="512"')
+        dpbusd = code.function("llvm.x86.avx512.vpdpbusd.512", v16i32, [v16i32, v64i8, v64i8])
 
-        def codegen(context, builder, sig, args):
-            ca = context.make_array(sig.args[0])(context, builder, args[0])
-            xa = context.make_array(sig.args[2])(context, builder, args[2])
-            oa = context.make_array(sig.args[4])(context, builder, args[4])
-            r0v, nb = args[1], args[3]
-            idx = r0v.type
-            mod = builder.module
-            # 512-bit vectors are legal in this function even where LLVM is tuned to prefer 256-bit ones (the
-            # string attribute clang sets for 512-bit intrinsics; llvmlite's attribute set lists no string ones)
-            set.add(builder.function.attributes, '"min-legal-vector-width"="512"')
-            dpbusd = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(v16i32, [v16i32, v64i8, v64i8]), "llvm.x86.avx512.vpdpbusd.512")
-            prefetch = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32]), "llvm.prefetch.p0")
-            row_stride = cgutils.unpack_tuple(builder, ca.strides, 2)[0]
-            rows_p = [builder.gep(ca.data, [builder.mul(builder.add(r0v, ir.Constant(idx, r)), row_stride)])
-                      for r in range(R)]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16i32, None)) for _ in range(R)]
-            mask3 = ir.Constant(v64i8, [3] * 64)
-            zero32 = ir.Constant(v32i8, None)
+        def side_by_side(lo, hi):
+            return builder.shuffle_vector(lo, hi, both_halves)
 
-            def load(base, offset, vty):
-                return builder.load(builder.bitcast(builder.gep(base, [offset]), vty.as_pointer()), align=1)
-
-            def side_by_side(lo, hi):
-                return builder.shuffle_vector(lo, hi, both_halves)
-
-            def step(b, width):
-                """acc_r += the products of blocks b .. b + width - 1 (width 2, or 1 with zeroed upper halves)."""
-                x0 = builder.mul(b, ir.Constant(idx, 128))
-                xs = []
-                for k in range(4):
-                    lo = load(xa.data, builder.add(x0, ir.Constant(idx, 32 * k)), v32i8)
-                    hi = (load(xa.data, builder.add(x0, ir.Constant(idx, 128 + 32 * k)), v32i8) if width == 2
-                          else zero32)
-                    xs.append(side_by_side(lo, hi))
-                w0 = builder.mul(b, ir.Constant(idx, 32))
-                # The R rows are contiguous: ask for the bytes PREFETCH_PASSES passes ahead at the rate this
-                # pass consumes its own (R * 32 bytes per block, one request per 64-byte line).
-                ahead0 = builder.add(prefetch_ahead, builder.mul(b, ir.Constant(idx, R * 32)))
-                for line in range(0, R * 32 * width, 64):
-                    ahead = builder.gep(rows_p[0], [builder.add(ahead0, ir.Constant(idx, line))])
-                    builder.call(prefetch, [builder.bitcast(ahead, cgutils.voidptr_t), ir.Constant(i32, 0),
-                                            ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
-                for r in range(R):
-                    w = (load(rows_p[r], w0, v64i8) if width == 2
-                         else side_by_side(load(rows_p[r], w0, v32i8), zero32))
-                    w32 = builder.bitcast(w, v16i32)
-                    acc = builder.load(accs[r])
-                    for k in range(4):
-                        e = w if k == 0 else builder.bitcast(builder.lshr(w32, ir.Constant(v16i32, [2 * k] * 16)),
-                                                             v64i8)
-                        acc = builder.call(dpbusd, [acc, builder.and_(e, mask3), xs[k]])
-                    builder.store(acc, accs[r])
-
-            prefetch_ahead = builder.mul(row_stride, ir.Constant(idx, PREFETCH_PASSES * R))
-            two = ir.Constant(idx, 2)
-            npairs = builder.sdiv(nb, two)
-            with cgutils.for_range(builder, npairs) as loop:
-                step(builder.mul(loop.index, two), 2)
-            with builder.if_then(builder.icmp_signed("<", builder.mul(npairs, two), nb)):
-                step(builder.mul(npairs, two), 1)                     # the odd last block
+        def step(b, width):
+            """acc_r += the products of blocks b .. b + width - 1 (width 2, or 1 with zeroed upper halves)."""
+            x0 = builder.mul(b, const(128))
+            xs = [side_by_side(code.load(code.x, builder.add(x0, const(32 * k)), v32i8),
+                               code.load(code.x, builder.add(x0, const(128 + 32 * k)), v32i8) if width == 2
+                               else zero32) for k in range(4)]
+            w0 = builder.mul(b, const(32))
+            code.prefetch_ahead(b, R * 32 * width)
             for r in range(R):
-                acc = builder.load(accs[r])
-                total = builder.extract_element(acc, ir.Constant(i32, 0))
-                for lane in range(1, 16):
-                    total = builder.add(total, builder.extract_element(acc, ir.Constant(i32, lane)))
-                builder.store(total, builder.gep(oa.data, [builder.add(r0v, ir.Constant(idx, r))]))
-            return context.get_dummy_value()
+                w = (code.load(code.rows[r], w0, v64i8) if width == 2
+                     else side_by_side(code.load(code.rows[r], w0, v32i8), zero32))
+                w32 = builder.bitcast(w, v16i32)
+                acc = builder.load(code.accs[r])
+                for k in range(4):
+                    e = w if k == 0 else builder.bitcast(builder.lshr(w32, ir.Constant(v16i32, [2 * k] * 16)), v64i8)
+                    acc = builder.call(dpbusd, [acc, builder.and_(e, mask3), xs[k]])
+                builder.store(acc, code.accs[r])
 
-        return sig, codegen
+        two = const(2)
+        npairs = builder.sdiv(code.nb, two)
+        with cgutils.for_range(builder, npairs) as loop:
+            step(builder.mul(loop.index, two), 2)
+        with builder.if_then(builder.icmp_signed("<", builder.mul(npairs, two), code.nb)):
+            step(builder.mul(npairs, two), 1)                     # the odd last block
 
-    return rows
+    return _rows_intrinsic(R, v16i32, emit_loops)
 
 
 def _rows_driver(rows_r, rows_1):
