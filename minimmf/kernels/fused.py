@@ -15,6 +15,8 @@ NumPy function in one pass per row and gives the SAME numbers:
     cross_entropy_forward/_backward                                     loss.py
     embedding_backward          np.add.at(dE, ids, dh)
     adamw_update                optim.AdamW.step (one leaf)
+    divide_rows                 bitlinear.bitlinear_forward's y / (s_x s_w)
+    neg_abs                     -|x|, the argument of the e^x every sigmoid needs (``_exp_neg_abs``)
 
 How "the same numbers" is achieved (``tests/test_kernels_fused.py`` checks it, exactly):
 
@@ -24,7 +26,8 @@ How "the same numbers" is achieved (``tests/test_kernels_fused.py`` checks it, e
 * every kernel is compiled with ``error_model="numpy"``: with Python's error model each float division checks
   for a zero divisor, and that check stops LLVM from vectorising the loop (3-10x slower, measured);
 * e^x is not computed in Numba (LLVM's expf differs from NumPy's SIMD exp in the last bit, and Numba has no
-  vectorised exp here): the wrapper computes ``e = exp(-|x|)`` with NumPy, in place, and the kernel does the rest.
+  vectorised exp here): the wrapper computes ``e = exp(-|x|)`` with NumPy, in place (on a -|x| made by
+  ``neg_abs``), and the kernel does the rest.
 
 Threads: each kernel is written for a range of rows ``[lo, hi)`` (serial code, which LLVM vectorises), and a
 ``*_par`` driver gives each Numba thread one contiguous part of the rows (``prange``). Every row is computed by the
@@ -57,8 +60,9 @@ def fusable(*arrays) -> bool:
     return (dt == np.float32 or dt == np.float64) and all(a.dtype == dt for a in arrays)
 
 
-def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
-    """e = exp(-|x|) with NumPy's exp (the bits the reference sigmoid sees), in one fresh buffer.
+def _exp_neg_abs(y: np.ndarray, c0: int = 0, c1: int | None = None) -> np.ndarray:
+    """e = exp(-|x|) for x = y[:, c0:c1] (y C-contiguous (N, W)), with NumPy's exp (the bits the reference sigmoid
+    sees), in one fresh (N, c1 - c0) buffer.
 
     e^x is the most expensive operation of the element-wise kernels, and a backward pass needs it for the same
     activations its forward did (the gates, h, the GLU's gate). So it is computed once: the result is kept beside
@@ -66,6 +70,7 @@ def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
     handed to the next caller that asks for the same memory. Activations are never written after they are made
     (forward never changes its inputs, backward never changes its cache), so the kept e is the e of the values.
     """
+    x = y[:, c0:c1]
     root, b = x, x.base
     while b is not None:                             # the array that owns the memory (through views, as_strided)
         if isinstance(b, np.ndarray):
@@ -75,14 +80,37 @@ def _exp_neg_abs(x: np.ndarray) -> np.ndarray:
     memo = _EXP_MEMO.get(id(root))
     if memo is not None and memo[0]() is root and where in memo[1]:
         return memo[1].pop(where)                    # its one reuse: the backward of the forward that made it
-    e = np.abs(x)
-    np.negative(e, out=e)
-    exp_inplace(e)
+    e = exp_inplace(neg_abs(y, c0, x.shape[1]))
     if memo is None or memo[0]() is not root:
         memo = (weakref.ref(root, lambda _, key=id(root): _EXP_MEMO.pop(key, None)), {})
         _EXP_MEMO[id(root)] = memo
     memo[1][where] = e
     return e
+
+
+@njit(cache=True, error_model="numpy")
+def _neg_abs(y, c0, out, lo, hi):
+    C = out.shape[1]
+    for r in range(lo, hi):
+        yr = y[r, c0:c0 + C]                                 # (a row slice: a loop over it from 0 vectorises)
+        for j in range(C):
+            out[r, j] = -abs(yr[j])
+
+
+@njit(parallel=True, cache=True)
+def _neg_abs_par(y, c0, out, P):
+    N = y.shape[0]
+    for k in prange(P):
+        _neg_abs(y, c0, out, k * N // P, (k + 1) * N // P)
+
+
+def neg_abs(y: np.ndarray, c0: int, C: int) -> np.ndarray:
+    """-|y[:, c0:c0+C]| in a fresh array: ``np.negative(np.abs(x))`` (exact: only the sign bit changes) in one
+    pass instead of two, on every thread. Shapes: y (N, W) C-contiguous -> (N, C)."""
+    assert y.ndim == 2 and y.flags.c_contiguous and 0 <= c0 and c0 + C <= y.shape[1]
+    out = np.empty((y.shape[0], C), y.dtype)
+    _neg_abs_par(y, c0, out, _parts())
+    return out
 
 
 def exp_inplace(a: np.ndarray) -> np.ndarray:
@@ -380,6 +408,32 @@ def bitlinear_front(x: np.ndarray, g: np.ndarray, eps: float, qmax: int, act_eps
 
 
 @njit(cache=True, error_model="numpy")
+def _divide_rows(y, d, lo, hi):
+    for r in range(lo, hi):
+        dr = d[r]
+        for j in range(y.shape[1]):
+            y[r, j] = y[r, j] / dr
+
+
+@njit(parallel=True, cache=True)
+def _divide_rows_par(y, d, P):
+    N = y.shape[0]
+    for k in prange(P):
+        _divide_rows(y, d, k * N // P, (k + 1) * N // P)
+
+
+def divide_rows(y: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """y /= d, row by row, in place, on every thread (the same correctly rounded divisions as NumPy's ``y /= d``):
+    BitLinear's rescaling of its integer-valued product, ``y / (s_x s_w)``.
+
+    Shapes: y (N, O) C-contiguous, d (N, 1) of y's dtype -> y.
+    """
+    assert y.flags.c_contiguous and d.shape == (y.shape[0], 1) and d.dtype == y.dtype
+    _divide_rows_par(y, np.ascontiguousarray(d[:, 0]), _parts())
+    return y
+
+
+@njit(cache=True, error_model="numpy")
 def _ternary_codes(W, s_w, half, one, qf, Wq):
     zero = one - one
     for k in range(W.size):
@@ -595,7 +649,7 @@ def glu_act_forward(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     y = _joined(gate, up)                                    # (N, 2I)
     I = y.shape[1] // 2
     a = np.empty((y.shape[0], I), y.dtype)
-    _glu_fwd_par(y, _exp_neg_abs(y[:, :I]), y.dtype.type(1), a, _parts())
+    _glu_fwd_par(y, _exp_neg_abs(y, 0, I), y.dtype.type(1), a, _parts())
     return a
 
 
@@ -628,7 +682,7 @@ def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.nda
     y = _joined(gate, up)                                    # (N, 2I)
     N, I = da.shape
     dy = np.empty((N, 2 * I), da.dtype)
-    _glu_bwd_par(da, y, _exp_neg_abs(y[:, :I]), da.dtype.type(1), dy, _parts())
+    _glu_bwd_par(da, y, _exp_neg_abs(y, 0, I), da.dtype.type(1), dy, _parts())
     return dy
 
 
