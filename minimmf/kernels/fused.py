@@ -35,6 +35,10 @@ same operations whichever thread does it, so the bits do not depend on the threa
 sum: RMSNorm's ``dw``, the lower bound's ``dlb``, the embedding's scatter-add) must add the rows in order to give
 NumPy's bits, so it is split over *columns* instead: each thread adds every row, in order, into its own columns.
 
+Rows: a row view (``x[r]``) handed to another compiled function costs two atomic reference-count updates, which
+at rows of 128 is a tenth of the work; so the one-row building blocks are inlined (``inline="always"``) and the
+other loops index ``x[r, j]`` (3-10% faster per kernel at (2048, 128) float32, one thread, measured A/B).
+
 Who calls them: the fast twins in ``minimmf/fast/`` (one per layer, same signatures and caches as the layer), chosen
 by the switch in ``minimmf/seam.py``. ``rmsnorm_row`` and ``bitlinear_front_row`` are the one-row building blocks
 that both these kernels and the one-token decode kernels (``decode.py``) are made of: BitLinear's input side is
@@ -237,7 +241,7 @@ def _sigmoid_from_e(x, e, one):
 
 # ----------------------------------------------------------------------------- RMSNorm
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def rmsnorm_row(x, w, eps, nC, one, sq, y):
     """functional.rmsnorm_forward on one row: y = (x rstd) w with rstd = 1 / sqrt(mean(x^2) + eps); returns rstd.
 
@@ -286,13 +290,12 @@ def _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, lo, hi):
     zero = nC - nC
     buf = np.empty(C, x.dtype)                               # row buffer: dn * n
     for r in range(lo, hi):
-        xr, dyr, dxr = x[r], dy[r], dx[r]
         rs = rstd[r]
         for j in range(C):
-            buf[j] = (dyr[j] * w[j]) * (xr[j] * rs)
+            buf[j] = (dy[r, j] * w[j]) * (x[r, j] * rs)
         mean = _pairwise_sum(buf, 0, C, zero) / nC
         for j in range(C):
-            dxr[j] = rs * (dyr[j] * w[j] - (xr[j] * rs) * mean)
+            dx[r, j] = rs * (dy[r, j] * w[j] - (x[r, j] * rs) * mean)
 
 
 @njit(cache=True, error_model="numpy")
@@ -336,7 +339,7 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndar
 
 # ----------------------------------------------------------------------------- BitLinear: quantizers
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def bitlinear_front_row(x, g, eps, nC, qmax, act_eps, half, one, q, a, a_bits):
     """BitLinear's input side on one row: RMSNorm, then absmax int8 codes (as floats) in q. Returns (rstd, s_x).
 
