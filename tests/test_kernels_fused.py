@@ -119,6 +119,24 @@ def test_rmsnorm_backward_kernel_equals_reference_exactly(problem):
     np.testing.assert_array_equal(dw, dw0)
 
 
+@given(row_problems())
+def test_rmsnorm_backward_kernel_on_one_thread_equals_reference_exactly(problem):
+    """On one thread dw is summed in the same pass as dx (rows in order): still the NumPy backward's bits."""
+    from minimmf.threads import max_threads, set_threads
+    seed, N, C, dtype = problem
+    x, w, dy = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0), _arrays(seed + 2, (N, C), dtype)
+    _, cache = functional.rmsnorm_forward(x, w, 1e-6)
+    dx0, dw0 = functional.rmsnorm_backward(dy, cache)
+    before = max_threads()
+    try:
+        set_threads(1)
+        dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
+    finally:
+        set_threads(before)
+    np.testing.assert_array_equal(dx, dx0)
+    np.testing.assert_array_equal(dw, dw0)
+
+
 @given(row_problems(), st.sampled_from([1.0, 1e-3, 1e3]))
 def test_bitlinear_front_codes_equal_rmsnorm_then_activation_quant_exactly(problem, scale):
     """One pass per row gives the int8 codes, s_x and rstd of rmsnorm_forward followed by activation_quant."""

@@ -285,7 +285,7 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
 
 
 @njit(cache=True, error_model="numpy")
-def _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, lo, hi):
+def _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, dw, with_dw, lo, hi):
     C = x.shape[1]
     zero = nC - nC
     buf = np.empty(C, x.dtype)                               # row buffer: dn * n
@@ -293,16 +293,17 @@ def _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, lo, hi):
         rs = rstd[r]
         for j in range(C):
             buf[j] = (dy[r, j] * w[j]) * (x[r, j] * rs)
+        if with_dw:                                          # rows in order, while the row is in cache
+            for j in range(C):
+                dw[j] += dy[r, j] * (x[r, j] * rs)
         mean = _pairwise_sum(buf, 0, C, zero) / nC
         for j in range(C):
             dx[r, j] = rs * (dy[r, j] * w[j] - (x[r, j] * rs) * mean)
 
 
 @njit(cache=True, error_model="numpy")
-def _rmsnorm_bwd_dw(dy, x, rstd, dw, zero, c0, c1):
+def _rmsnorm_bwd_dw(dy, x, rstd, dw, c0, c1):
     out = dw[c0:c1]                                          # (slices: a loop from 0 vectorises, one from c0 not)
-    for j in range(out.shape[0]):
-        out[j] = zero
     for r in range(x.shape[0]):                              # rows summed in order, as np.sum(axis=0)
         xr, dyr = x[r, c0:c1], dy[r, c0:c1]
         rs = rstd[r]
@@ -313,11 +314,16 @@ def _rmsnorm_bwd_dw(dy, x, rstd, dw, zero, c0, c1):
 @njit(parallel=True, cache=True)
 def _rmsnorm_bwd_par(dy, x, rstd, w, nC, dx, dw, P):
     N, C = x.shape
+    for j in range(C):
+        dw[j] = nC - nC
+    if P == 1:                                               # one thread: dw in the same pass as dx
+        _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, dw, True, 0, N)
+        return
     for k in prange(P):                                      # dx: parts of the rows
-        _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, k * N // P, (k + 1) * N // P)
+        _rmsnorm_bwd_dx(dy, x, rstd, w, nC, dx, dw, False, k * N // P, (k + 1) * N // P)
     Q = min(P, C)
     for k in prange(Q):                                      # dw: parts of the columns, every row in order
-        _rmsnorm_bwd_dw(dy, x, rstd, dw, nC - nC, k * C // Q, (k + 1) * C // Q)
+        _rmsnorm_bwd_dw(dy, x, rstd, dw, k * C // Q, (k + 1) * C // Q)
 
 
 def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, rstd: np.ndarray, w: np.ndarray):
