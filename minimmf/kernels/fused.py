@@ -35,9 +35,9 @@ same operations whichever thread does it, so the bits do not depend on the threa
 sum: RMSNorm's ``dw``, the lower bound's ``dlb``, the embedding's scatter-add) must add the rows in order to give
 NumPy's bits, so it is split over *columns* instead: each thread adds every row, in order, into its own columns.
 
-Rows: a row view (``x[r]``) handed to another compiled function costs two atomic reference-count updates, which
-at rows of 128 is a tenth of the work; so the one-row building blocks are inlined (``inline="always"``) and the
-other loops index ``x[r, j]`` (3-10% faster per kernel at (2048, 128) float32, one thread, measured A/B).
+Rows: a row view (``x[r]``) handed to another compiled function costs two atomic reference-count updates, not
+little beside a row of 128 values; so the one-row building blocks are inlined (``inline="always"``) and the other
+loops index ``x[r, j]`` (3-10% faster per kernel at (2048, 128) float32, one thread, measured A/B).
 
 Who calls them: the fast twins in ``minimmf/fast/`` (one per layer, same signatures and caches as the layer), chosen
 by the switch in ``minimmf/seam.py``. ``rmsnorm_row`` and ``bitlinear_front_row`` are the one-row building blocks
