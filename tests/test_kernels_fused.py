@@ -71,6 +71,28 @@ def test_only_float32_or_float64_arrays_of_one_dtype_go_to_the_kernels():
     assert not fused.fusable(x.astype(np.float16)) and not fused.fusable(np.ones(3, int))
 
 
+@given(row_problems(), st.integers(0, 5), st.integers(0, 5))
+def test_neg_abs_kernel_equals_negative_of_absolute_exactly(problem, left, right):
+    """-|x| of a block of columns of a wider array equals np.negative(np.abs(x)) bit for bit (signed zeros too)."""
+    seed, N, C, dtype = problem
+    y = _arrays(seed, (N, left + C + right), dtype)
+    y[:, left] = np.where(np.arange(N) % 2 == 0, dtype(0), dtype(-0.0))
+    got = fused.neg_abs(y, left, C)
+    assert got.shape == (N, C) and got.dtype == dtype
+    np.testing.assert_array_equal(got.view(f"u{y.itemsize}"), np.negative(np.abs(y[:, left:left + C])).view(
+        f"u{y.itemsize}"))
+
+
+@given(row_problems())
+def test_divide_rows_kernel_equals_numpy_division_exactly(problem):
+    """BitLinear's y /= s_x s_w, row by row in place, equals NumPy's broadcast division bit for bit."""
+    seed, N, C, dtype = problem
+    y, d = _arrays(seed, (N, C), dtype, 1e3), np.abs(_arrays(seed + 1, (N, 1), dtype)) + dtype(1e-3)
+    want = y / d
+    assert fused.divide_rows(y, d) is y
+    np.testing.assert_array_equal(y, want)
+
+
 # ----------------------------------------------------------------------------- RMSNorm and the quantizers
 
 @given(row_problems())
@@ -93,6 +115,24 @@ def test_rmsnorm_backward_kernel_equals_reference_exactly(problem):
     _, cache = functional.rmsnorm_forward(x, w, 1e-6)
     dx0, dw0 = functional.rmsnorm_backward(dy, cache)
     dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
+    np.testing.assert_array_equal(dx, dx0)
+    np.testing.assert_array_equal(dw, dw0)
+
+
+@given(row_problems())
+def test_rmsnorm_backward_kernel_on_one_thread_equals_reference_exactly(problem):
+    """On one thread dw is summed in the same pass as dx (rows in order): still the NumPy backward's bits."""
+    from minimmf.threads import max_threads, set_threads
+    seed, N, C, dtype = problem
+    x, w, dy = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0), _arrays(seed + 2, (N, C), dtype)
+    _, cache = functional.rmsnorm_forward(x, w, 1e-6)
+    dx0, dw0 = functional.rmsnorm_backward(dy, cache)
+    before = max_threads()
+    try:
+        set_threads(1)
+        dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
+    finally:
+        set_threads(before)
     np.testing.assert_array_equal(dx, dx0)
     np.testing.assert_array_equal(dw, dw0)
 
@@ -288,7 +328,8 @@ def test_every_kernel_gives_the_same_bits_on_one_and_on_two_threads():
                 *fused.mlgru_gates_backward(df, di, f, sf, zi, lb), *fused.mlgru_output_forward(zf, zi)[None],
                 *fused.mlgru_output_backward(dy, zf, zi), fused.glu_act_forward(y[:, :I], y[:, I:]),
                 fused.glu_act_backward(da, y[:, :I], y[:, I:]), probs, nll,
-                fused.cross_entropy_backward(probs, target, N), fused.embedding_backward(ids, dy, V), pp, m, v]
+                fused.cross_entropy_backward(probs, target, N), fused.embedding_backward(ids, dy, V), pp, m, v,
+                fused.neg_abs(y, 1, I), fused.divide_rows(dy.copy(), np.abs(x[:, :1]) + 1)]
 
     before = max_threads()
     try:
@@ -307,15 +348,16 @@ def test_exp_of_an_activation_is_computed_once_and_forgotten_with_it():
     """A second call on the same memory returns the first call's e (the backward reuses the forward's); a third
     computes it again; the kept e goes when the activation is freed."""
     y = _arrays(0, (6, 8), np.float32)
-    view = y[:, :4]
-    e1 = fused._exp_neg_abs(view)
-    np.testing.assert_array_equal(e1, np.exp(-np.abs(view)))
-    assert fused._exp_neg_abs(y[:, :4]) is e1                       # the same memory through another view
-    e3 = fused._exp_neg_abs(view)
+    e1 = fused._exp_neg_abs(y, 0, 4)
+    np.testing.assert_array_equal(e1, np.exp(-np.abs(y[:, :4])))
+    assert fused._exp_neg_abs(y[:], 0, 4) is e1                     # the same memory through another view
+    e3 = fused._exp_neg_abs(y, 0, 4)
     assert e3 is not e1
     np.testing.assert_array_equal(e3, e1)
-    assert fused._exp_neg_abs(y[:, 4:]) is not e3                   # other memory of the same array
+    e4 = fused._exp_neg_abs(y, 4)                                   # other memory of the same array
+    assert e4 is not e3
+    np.testing.assert_array_equal(e4, np.exp(-np.abs(y[:, 4:])))
     key = id(y)
     assert key in fused._EXP_MEMO
-    del y, view
+    del y
     assert key not in fused._EXP_MEMO
