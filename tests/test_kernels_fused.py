@@ -107,21 +107,11 @@ def test_rmsnorm_forward_kernel_equals_reference_exactly(problem):
     np.testing.assert_array_equal(rstd, c0.rstd)
 
 
-@given(row_problems())
-def test_rmsnorm_backward_kernel_equals_reference_exactly(problem):
-    """dx = rstd (dn - n mean(dn n)) and dw = sum of dy n over rows: equal bit for bit to the NumPy backward."""
-    seed, N, C, dtype = problem
-    x, w, dy = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0), _arrays(seed + 2, (N, C), dtype)
-    _, cache = functional.rmsnorm_forward(x, w, 1e-6)
-    dx0, dw0 = functional.rmsnorm_backward(dy, cache)
-    dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
-    np.testing.assert_array_equal(dx, dx0)
-    np.testing.assert_array_equal(dw, dw0)
-
-
-@given(row_problems())
-def test_rmsnorm_backward_kernel_on_one_thread_equals_reference_exactly(problem):
-    """On one thread dw is summed in the same pass as dx (rows in order): still the NumPy backward's bits."""
+@pytest.mark.parametrize("threads", ["all", 1])
+@given(problem=row_problems())
+def test_rmsnorm_backward_kernel_equals_reference_exactly(threads, problem):
+    """dx = rstd (dn - n mean(dn n)) and dw = sum of dy n over rows: equal bit for bit to the NumPy backward, on
+    all threads (dw split over columns) and on one (dw summed in the dx pass, rows in order)."""
     from minimmf.threads import max_threads, set_threads
     seed, N, C, dtype = problem
     x, w, dy = _arrays(seed, (N, C), dtype), _arrays(seed + 1, C, dtype, 1.0), _arrays(seed + 2, (N, C), dtype)
@@ -129,7 +119,7 @@ def test_rmsnorm_backward_kernel_on_one_thread_equals_reference_exactly(problem)
     dx0, dw0 = functional.rmsnorm_backward(dy, cache)
     before = max_threads()
     try:
-        set_threads(1)
+        set_threads(before if threads == "all" else threads)
         dx, dw = fused.rmsnorm_backward(dy, x, cache.rstd, w)
     finally:
         set_threads(before)
