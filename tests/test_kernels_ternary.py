@@ -1,4 +1,8 @@
 """Tests for minimmf/kernels/ternary.py: packing, and the add/sub kernels against their NumPy references."""
+import json
+import os
+import subprocess
+import sys
 from unittest import mock
 
 import numpy as np
@@ -295,6 +299,33 @@ def test_offset_kernel_uses_the_u8_times_i8_multiply_add_instructions_of_the_hos
         assert "vpdpbusd" in asm and "zmm" in asm and "vpmaddubsw" not in asm
     else:
         assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+
+
+VNNI_ASM_PROBE = """
+import collections, json, numba, numpy as np
+from minimmf.kernels import ternary
+rows = ternary._vnni512_rows_intrinsic(4)
+probe = numba.njit(lambda codes, xp, nb, y: rows(codes, 0, xp, nb, y))
+args = (np.zeros((4, 64), np.uint8), np.zeros(256, np.int8), 2, np.empty(4, np.int32))
+probe.compile(tuple(numba.typeof(a) for a in args))                 # compiled, never run: the host may lack VNNI
+asm = probe.inspect_asm(probe.signatures[0])
+loop = max(asm.split(".LBB")[1:], key=lambda block: block.count("vpdpbusd"))
+print(json.dumps(collections.Counter(line.split()[0] for line in loop.splitlines()[1:] if line.strip())))
+"""
+
+
+@pytest.mark.skipif(not ternary.HAVE_AVX2, reason="an x86-64 host with the JIT on compiles for AVX-512 VNNI")
+def test_vnni_kernel_masks_fields_in_place_and_shifts_nothing_in_its_loop():
+    """Compiled for an AVX-512 VNNI CPU (on any x86 host: the code is inspected, not run), a pass of 4 rows over
+    a pair of blocks is 16 vpdpbusd and 16 ANDs on zmm registers and no shift (fields masked in place, 4^k c_k)."""
+    env = dict(os.environ, NUMBA_CPU_NAME="sapphirerapids", NUMBA_DISABLE_JIT="0",
+               NUMBA_CPU_FEATURES="+avx512f,+avx512bw,+avx512vnni,+avx512vl,+avx512dq,+avx2,+avx,+fma,+bmi2")
+    out = subprocess.run([sys.executable, "-c", VNNI_ASM_PROBE], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts.get("vpdpbusd") == 16 and counts.get("vpandq", 0) + counts.get("vpandd", 0) == 16, counts
+    assert not [op for op in counts if op.startswith(("vpsrl", "vpsra", "vpsll"))], counts
 
 
 def test_offset_functions_reject_bad_input_naming_the_argument():
