@@ -6,6 +6,9 @@ For each shape (random weights rounded to bf16, as a bf16 checkpoint would load;
                          and vs the float32 weight-streaming floor: the model's W @ x matvecs alone (BLAS)
     bandwidth bound      bytes read per token / copy bandwidth measured in this run -> tokens/s; the
                          fraction of it that the measured decode reaches
+    read rate            a streaming read of a buffer of one token's packed bytes, same threads: the decode's
+                         bytes per second as a fraction of it (a one-thread copy can beat a one-thread read:
+                         see read_bandwidth)
     prefill tokens/s     a 512-token prompt in one call, packed vs float
     memory               resident bytes of the packed model vs the float32 model
     threads              all of the above at 1 and 2 threads (Numba and OpenBLAS pools set together)
@@ -84,6 +87,31 @@ def copy_bandwidth(nbytes: int = 256 << 20, repeats: int = 7) -> float:
     return 2 * nbytes / median_time(lambda: _copy(src, dst), repeats)
 
 
+READ_CHUNK = 4096  # uint64 values per work item of the streaming read (32 KiB)
+
+
+@njit(parallel=True, cache=True)
+def _read(a, parts):
+    for c in prange(parts.size):
+        s = np.uint64(0)
+        for i in range(c * READ_CHUNK, (c + 1) * READ_CHUNK):   # an XOR reduction: LLVM vectorises and unrolls it
+            s ^= a[i]
+        parts[c] = s
+
+
+def read_bandwidth(nbytes: int, repeats: int = 7) -> float:
+    """Bytes / time of a plain streaming read (every byte read once, nothing written, no software prefetch) of
+    an nbytes buffer, at the current Numba thread count. A decode step only reads its weights, and a one-thread
+    copy of a large buffer can be faster per byte than such a read (glibc's memcpy, which the copy loop becomes,
+    switches to non-temporal stores above a size threshold), so the read is a second yardstick; not a bound: the
+    row kernels prefetch in software and can read faster (benchmarks/README.md)."""
+    n = max(1, nbytes // (8 * READ_CHUNK))
+    a = np.random.default_rng(0).integers(0, 2**63, n * READ_CHUNK, dtype=np.uint64)
+    parts = np.empty(n, np.uint64)
+    _read(a, parts)
+    return a.nbytes / median_time(lambda: _read(a, parts), repeats)
+
+
 # ----------------------------------------------------------------------------- models
 
 def random_bf16_model(config, seed: int = 0) -> minimmf.MMfreeLM:
@@ -150,24 +178,30 @@ def prefill_rate(model, repeats: int) -> float:
     return PREFILL_T / median_time(lambda: model.prefill(ids), repeats)
 
 
-def loaded_rates(packed, n_decode: int, n_max: int, repeats: int = 7) -> list[dict]:
+def loaded_rates(packed, n_decode: int, n_max: int, repeats: int = 7, round_s: float = 3.0) -> list[dict]:
     """Packed decode tok/s while one core is kept busy, side by side: 1 thread, n_max threads forced, n_max threads
     with the guard choosing per step (and the share of steps it ran on all threads). One background process for
     all three; the modes take turns, repeat after repeat and in rotated order, so that a change in the machine's
     other load, or what one mode leaves behind (a spinning worker, caches), falls on all of them; medians over the
-    repeats."""
+    repeats. A round is n_decode steps or round_s seconds, whichever ends first (forced onto a busy core, a step
+    can be 100x slower than on one thread)."""
     modes = [("1 thread", 1, True)]
     if n_max > 1:
         modes += [(f"{n_max} threads, forced", n_max, False), (f"{n_max} threads allowed, automatic", n_max, True)]
     _, state = packed.prefill(np.array([[1, 2, 3, 4]]))
     tok = np.array([5])
-    times = {m[0]: [] for m in modes}
+    rates = {m[0]: [] for m in modes}
     steps = {m[0]: [0, 0] for m in modes}                      # guarded steps, of which on all threads
 
     def run(n=n_decode):
-        s = state
-        for _ in range(n):
+        """(steps done, seconds)"""
+        s, k, t0 = state, 0, time.perf_counter()
+        while k < n:
             _, s = packed.step(tok, s)
+            k += 1
+            if time.perf_counter() - t0 > round_s:
+                break
+        return k, time.perf_counter() - t0
 
     saved = packed.num_threads
     with BackgroundLoad():
@@ -178,15 +212,14 @@ def loaded_rates(packed, n_decode: int, n_max: int, repeats: int = 7) -> list[di
                 run(1)                                         # the plan exists, the thread count is settled
                 guard = packed._decode_plan.guard
                 calls, par = guard.n_calls, guard.n_parallel
-                t0 = time.perf_counter()
-                run()
+                k, seconds = run()
                 if rep:
-                    times[label].append(time.perf_counter() - t0)
+                    rates[label].append(k / seconds)
                     steps[label][0] += guard.n_calls - calls
                     steps[label][1] += guard.n_parallel - par
         load = os.getloadavg()[0]
     packed.num_threads, packed.guard_threads = saved, True
-    return [{"mode": label, "threads": n, "tok_s": n_decode / float(np.median(times[label])), "load_avg": load,
+    return [{"mode": label, "threads": n, "tok_s": float(np.median(rates[label])), "load_avg": load,
              "share_on_all_threads": steps[label][1] / steps[label][0] if steps[label][0] else None}
             for label, n, _ in modes]
 
@@ -230,7 +263,8 @@ def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool, pa
     for n in threads:
         set_threads(n)
         bw[n] = max(bw[n], copy_bandwidth(repeats=5))
-        t = {"decode_packed": decode_rate(packed, n_decode, repeats=5)}
+        t = {"decode_packed": decode_rate(packed, n_decode, repeats=5),
+             "read_bandwidth": read_bandwidth(r["bytes_per_token_packed"])}
         if not packed_only:
             t["decode_float"] = decode_rate(model, 1 if big else 2, repeats=2 if big else 3, warmup=1)
             t["decode_float_floor"] = float_floor_rate(model)
@@ -246,6 +280,7 @@ def bench_shape(name: str, config, threads: list[int], bw: dict, quick: bool, pa
             bound = bw[n] / r[f"bytes_per_token_{kind}"]
             t[f"bound_{kind}"] = bound
         t["fraction_of_bound_packed"] = t["decode_packed"] / t["bound_packed"]
+        t["fraction_of_read_packed"] = t["decode_packed"] * r["bytes_per_token_packed"] / t["read_bandwidth"]
         if "decode_float" in t:
             t["fraction_of_bound_float_floor"] = t["decode_float_floor"] / t["bound_fp32"]
             t["speedup_vs_float_step"] = t["decode_packed"] / t["decode_float"]
@@ -276,11 +311,13 @@ def report(res: dict) -> str:
                    f"fp32 {fmt_bytes(r['bytes_per_token_fp32'])}; max |logit diff| packed vs float on 5 tokens: "
                    f"{r['max_abs_logit_diff_packed_vs_float']:.2e}")
         if "decode_float" not in next(iter(r["threads"].values())):   # --packed-only
-            out.append("\n| threads | packed step tok/s | packed bound tok/s | packed % of bound | copy bw GB/s |")
-            out.append("|" + "---|" * 5)
+            out.append("\n| threads | packed step tok/s | packed bound tok/s | packed % of bound | copy bw GB/s "
+                       "| read bw GB/s | packed % of read |")
+            out.append("|" + "---|" * 7)
             for n, t in r["threads"].items():
                 out.append(f"| {n} | {t['decode_packed']:.1f} | {t['bound_packed']:.0f} "
-                           f"| {100 * t['fraction_of_bound_packed']:.0f}% | {t['copy_bandwidth'] / 1e9:.1f} |")
+                           f"| {100 * t['fraction_of_bound_packed']:.0f}% | {t['copy_bandwidth'] / 1e9:.1f} "
+                           f"| {t['read_bandwidth'] / 1e9:.1f} | {100 * t['fraction_of_read_packed']:.0f}% |")
             out.append(f"\npacked.tune_threads() chose {r['tuned_threads']} thread(s): "
                        f"{r['decode_packed_tuned']:.1f} tok/s")
             if len(r["threads"]) == 2:
@@ -308,6 +345,9 @@ def report(res: dict) -> str:
                           if "prefill_packed" in t2 else ""))
         out.append("copy bandwidth used for the bounds (best sample so far): " + ", ".join(
             f"{n} thread(s) {t['copy_bandwidth'] / 1e9:.1f} GB/s" for n, t in r["threads"].items()))
+        out.append("streaming read of one token's packed bytes: " + ", ".join(
+            f"{n} thread(s) {t['read_bandwidth'] / 1e9:.1f} GB/s (packed decode reads at "
+            f"{100 * t['fraction_of_read_packed']:.0f}% of it)" for n, t in r["threads"].items()))
         out.extend(report_loaded(r, cpu))
     return "\n".join(out)
 
