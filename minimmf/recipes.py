@@ -20,6 +20,14 @@ ms as other work came and went, measured), the schedule's progress becomes the f
 that is ahead of the fraction of steps done, so the schedule still completes and the run ends at the budget, with
 fewer steps. Only such a run depends on the clock; a run the machine keeps up with is bit for bit repeatable.
 
+A plan timed in a slow moment leaves time unused (one 10-minute run timed 170 ms per step and finished its steps
+in 523 s: measured). So the run checks its pace once, at its first evaluation (about 1/12 of the way, past the
+warm-up): when the steps made so far, at the pace they were made, plus the evaluations, would finish its plan
+more than ``AHEAD`` early, ``check_pace`` stretches the plan to fill the budget (``steps`` and ``eval_every``
+grow; the cosine, not yet far from its peak, moves a little). The check happens once (``budget_checked_at``
+records where) and is saved with the rest, so a resumed run keeps the stretched plan and does not check again.
+A run that keeps to its plan is untouched: it still repeats bit for bit.
+
 Evaluations are spread over the run too: ``EVALUATIONS`` of them whatever its length, so even a one-minute
 run's ``loss.png`` draws a curve.
 """
@@ -38,6 +46,7 @@ FILL = 0.97               # the fraction of the budget the timed steps are plann
 WARMUP_FRACTION = 0.03    # warm-up steps as a fraction of the run (nanoGPT's character model: 100 of 5,000)
 PROBE_SECONDS = 1.5       # how long the timed warm-up runs (after two untimed steps), at most
 PROBE_STEPS = 20          # ... or this many timed steps, whichever comes first
+AHEAD = 0.05              # check_pace stretches a plan that would end more than this fraction of the budget early
 
 
 @dataclass(frozen=True)
@@ -158,3 +167,26 @@ def size_to_budget(cfg, model, split, log=print):
         f"measured -> {steps:,} steps, evaluated every {eval_every_for(steps):,}")
     return dataclasses.replace(cfg, steps=steps, warmup_steps=max(1, round(WARMUP_FRACTION * steps)),
                                eval_every=eval_every_for(steps), minutes=cfg.budget_minutes)
+
+
+def check_pace(cfg, step: int, steps_timed: int, train_s: float, eval_s: float, elapsed_s: float, log=print):
+    """``cfg`` after its one check of pace, at its first evaluation (``budget_checked_at`` = step): with ``steps``
+    stretched when the run is ahead of its plan, else the same plan.
+
+    ``steps_timed`` steps took ``train_s`` seconds (this session's steps, evaluations not counted); the evaluation
+    and checkpoint just done took ``eval_s``; ``elapsed_s`` of the budget are used. At that pace the remaining
+    steps and EVALUATIONS more evaluations would end at ``finish``; if that is more than AHEAD of the budget
+    early, the step count becomes the one that fills ``FILL`` of it at that pace.
+    """
+    budget_s = cfg.budget_minutes * 60
+    checked = dataclasses.replace(cfg, budget_checked_at=step)
+    if steps_timed < 1 or train_s <= 0 or step * 2 >= cfg.steps:     # too little to go on, or past the midpoint
+        return checked
+    step_s = train_s / steps_timed
+    finish = elapsed_s + (cfg.steps - step) * step_s + EVALUATIONS * eval_s
+    if finish >= budget_s * (FILL - AHEAD):
+        return checked
+    steps = step + int((budget_s * FILL - elapsed_s - EVALUATIONS * eval_s) / step_s)   # > cfg.steps, as finish <
+    log(f"at step {step:,}: {step_s * 1e3:.1f} ms/step so far, the plan of {cfg.steps:,} steps would end at "
+        f"{finish:.0f} s of {budget_s:.0f}: stretched to {steps:,} steps, evaluated every {eval_every_for(steps):,}")
+    return dataclasses.replace(checked, steps=steps, eval_every=eval_every_for(steps))

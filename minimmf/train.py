@@ -76,6 +76,7 @@ class TrainConfig:
     steps: int = 2000                # step budget
     minutes: float | None = None     # wall-clock budget; the schedule follows whichever budget binds
     budget_minutes: float | None = None  # --minutes alone: steps sized to this budget at the start (recipes.py)
+    budget_checked_at: int = 0       # the step where such a run compared its pace with its plan (0: not yet)
     eval_every: int = 100            # steps between evaluations (and checkpoints)
     eval_windows: int = 32           # validation windows per evaluation (None/0: the whole split)
     seed: int = 0
@@ -112,6 +113,8 @@ class TrainConfig:
             "budget_minutes": (self.budget_minutes is None or (is_num(self.budget_minutes)
                                and 0 < self.budget_minutes <= 7 * 24 * 60),
                                "None or a number of minutes in (0, 10080] (one week)"),
+            "budget_checked_at": (is_int(self.budget_checked_at) and self.budget_checked_at >= 0,
+                                  "a non-negative integer"),
             "eval_every": (is_int(self.eval_every) and self.eval_every >= 1, "a positive integer"),
             "eval_windows": (self.eval_windows is None or (is_int(self.eval_windows) and self.eval_windows >= 0),
                              "None or a non-negative integer"),
@@ -364,6 +367,7 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
         except (TypeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{out / 'checkpoint' / 'trainer.json'} has an invalid rng state ({e})") from None
     step, tokens, seconds0 = state.get("step", 0), state.get("tokens", 0), state.get("seconds", 0.0)
+    step0 = step
     time_up = state.get("time_up") is True                      # the time limit ended the run (not an interrupt)
     recent = list(state.get("recent_losses", []))               # train losses since the last evaluation
     val_cpt = split.val_chars / len(split.val)                  # characters per validation token
@@ -437,6 +441,13 @@ def train(cfg: TrainConfig | None, out, data=None, resume: bool = False, progres
                 recent = []
                 save_checkpoint(out, model, tokenizer, opt, trainer_state())
                 last_saved = step
+                if cfg.budget_minutes is not None and not cfg.budget_checked_at and not last:
+                    from .recipes import check_pace                 # the first evaluation of a budget-sized run
+                    now = time.perf_counter() - t_start
+                    cfg = check_pace(cfg, step, step - step0, seconds - seconds0, now - seconds, now, log)
+                    if bar is not None:
+                        bar.total = cfg.steps
+                    save_checkpoint(out, model, tokenizer, opt, trainer_state())
             if interrupt.requested or step == stop_after:
                 if last_saved != step:
                     save_checkpoint(out, model, tokenizer, opt, trainer_state())

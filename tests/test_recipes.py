@@ -1,9 +1,12 @@
 """Budget-sized recipes: the table row a budget picks, the step count that fills it, the evaluation cadence,
 and a run sized to a budget that is step-based (so it can be repeated and resumed)."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from minimmf import recipes
 from minimmf.__main__ import build_parser
@@ -110,6 +113,7 @@ def test_a_budget_sized_run_is_step_based_and_records_its_step_count(tmp_path, c
     """The run does exactly the sized steps when the machine keeps up (the clock only backstops), ~12
     evaluations, and the checkpoint holds the step count, so a resumed run continues the same schedule."""
     monkeypatch.setattr(recipes, "steps_for_budget", lambda *a, **k: 24)       # a known count
+    monkeypatch.setattr(recipes, "AHEAD", 1.0)                                  # the run keeps to its plan
     cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
                       batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=2.0)
     r = train(cfg, tmp_path, data=corpus, progress=False, log=lambda *a: None)
@@ -118,6 +122,67 @@ def test_a_budget_sized_run_is_step_based_and_records_its_step_count(tmp_path, c
     saved = load_checkpoint(tmp_path).trainer["train_config"]
     assert saved["steps"] == 24 and saved["budget_minutes"] == 2.0 and saved["eval_every"] == 2
     assert saved["minutes"] == 2.0                                              # the backstop, saved too
+    assert saved["budget_checked_at"] == 2                                      # checked once, at the first eval
+
+
+def _budget_cfg(steps, minutes=10.0):
+    return TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", steps=steps,
+                       eval_every=eval_every_for(steps), minutes=minutes, budget_minutes=minutes)
+
+
+@given(step_ms=st.floats(1, 2000), eval_s=st.floats(0, 5), slow=st.floats(0.2, 0.85),
+       minutes=st.sampled_from([1, 2, 5, 10, 60]))
+def test_a_run_ahead_of_its_plan_is_stretched_to_end_at_the_budget(step_ms, eval_s, slow, minutes):
+    """A plan timed in a slow moment (steps that take only ``slow`` of the timed time): at its first evaluation
+    the run's own pace says it would end early, so the plan grows until the steps left, at that pace, and the
+    evaluations left end within one step of FILL of the budget; the cadence follows the new step count."""
+    budget = minutes * 60
+    step_s = step_ms / 1e3
+    planned = steps_for_budget(budget, step_s / slow, eval_s)                   # what the slow timing planned
+    assume(planned >= 24)
+    cfg = _budget_cfg(planned, minutes)
+    k = cfg.eval_every                                                          # the first evaluation
+    elapsed = k * step_s + eval_s
+    new = recipes.check_pace(cfg, k, k, k * step_s, eval_s, elapsed, log=lambda *a: None)
+    finish = lambda n: elapsed + (n - k) * step_s + recipes.EVALUATIONS * eval_s  # noqa: E731
+    assert new.budget_checked_at == k
+    if finish(planned) < budget * (recipes.FILL - recipes.AHEAD):
+        assert new.steps > planned and budget * recipes.FILL - step_s < finish(new.steps) <= budget * recipes.FILL
+        assert new.eval_every == eval_every_for(new.steps)
+        assert (new.warmup_steps, new.lr, new.minutes) == (cfg.warmup_steps, cfg.lr, cfg.minutes)
+    else:
+        assert new == dataclasses.replace(cfg, budget_checked_at=k)
+
+
+@pytest.mark.parametrize("pace", [1.0, 1.3, 3.0])
+def test_a_run_on_or_behind_its_plan_keeps_it(pace):
+    """Steps as fast as timed, or slower: nothing to stretch (the clock's backstop handles slower); only the
+    check is recorded. Past the midpoint (the halving) the plan is never changed."""
+    cfg = _budget_cfg(3000, 10.0)
+    step_s = 0.97 * 600 / 3000 * pace                                           # the plan's own pace, or slower
+    k = cfg.eval_every
+    new = recipes.check_pace(cfg, k, k, k * step_s, 0.0, k * step_s, log=lambda *a: None)
+    assert new == dataclasses.replace(cfg, budget_checked_at=k)
+    late = recipes.check_pace(cfg, 1500, 1500, 1.0, 0.0, 1.0, log=lambda *a: None)   # far ahead, but halfway
+    assert late == dataclasses.replace(cfg, budget_checked_at=1500)
+
+
+def test_a_budget_sized_run_ahead_of_its_plan_uses_its_budget_and_resumes_without_a_second_check(
+        tmp_path, corpus, monkeypatch):
+    """Timed steps that said 24 steps fill 3 s (the machine then runs them much faster): the run stretches its
+    plan at its first evaluation, makes more steps, and records where it checked; resuming the run continues
+    the stretched plan and does not check again."""
+    monkeypatch.setattr(recipes, "steps_for_budget", lambda *a, **k: 24)
+    lines = []
+    cfg = TrainConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, tokenizer="char", seq_len=16,
+                      batch_size=4, eval_windows=4, threads=1, minutes=None, budget_minutes=0.05)
+    r = train(cfg, tmp_path, data=corpus, progress=False, log=lines.append, stop_after=30)
+    saved = load_checkpoint(tmp_path).trainer["train_config"]
+    assert saved["budget_checked_at"] == 2 and saved["steps"] > 24 and r.step == 30
+    assert any("stretched to" in line for line in lines)
+    again = train(None, tmp_path, resume=True, progress=False, log=lines.append, stop_after=32)
+    resaved = load_checkpoint(tmp_path).trainer["train_config"]
+    assert again.step == 32 and resaved["steps"] == saved["steps"] and resaved["budget_checked_at"] == 2
 
 
 def test_a_budget_sized_run_ends_at_the_budget_on_a_machine_slower_than_its_timed_steps(tmp_path, corpus,
