@@ -301,31 +301,37 @@ def test_offset_kernel_uses_the_u8_times_i8_multiply_add_instructions_of_the_hos
         assert "vpmaddubsw" in asm and "vpmaddwd" in asm
 
 
-VNNI_ASM_PROBE = """
-import collections, json, numba, numpy as np
+ROWS_ASM_PROBE = """
+import collections, json, sys, numba, numpy as np
 from minimmf.kernels import ternary
-rows = ternary._vnni512_rows_intrinsic(4)
+rows = getattr(ternary, sys.argv[1])(4)
 probe = numba.njit(lambda codes, xp, nb, y: rows(codes, 0, xp, nb, y))
 args = (np.zeros((4, 64), np.uint8), np.zeros(256, np.int8), 2, np.empty(4, np.int32))
-probe.compile(tuple(numba.typeof(a) for a in args))                 # compiled, never run: the host may lack VNNI
+probe.compile(tuple(numba.typeof(a) for a in args))                 # compiled, never run: the host may lack it
 asm = probe.inspect_asm(probe.signatures[0])
-loop = max(asm.split(".LBB")[1:], key=lambda block: block.count("vpdpbusd"))
+loop = max(asm.split(".LBB")[1:], key=lambda block: block.count("vpdpbusd") + block.count("vpmaddubsw"))
 print(json.dumps(collections.Counter(line.split()[0] for line in loop.splitlines()[1:] if line.strip())))
 """
+AVX512_VNNI = "+avx512f,+avx512bw,+avx512vnni,+avx512vl,+avx512dq,+avx2,+avx,+fma,+bmi2"
 
 
-@pytest.mark.skipif(not ternary.HAVE_AVX2, reason="an x86-64 host with the JIT on compiles for AVX-512 VNNI")
-def test_vnni_kernel_masks_fields_in_place_and_shifts_nothing_in_its_loop():
-    """Compiled for an AVX-512 VNNI CPU (on any x86 host: the code is inspected, not run), a pass of 4 rows over
-    a pair of blocks is 16 vpdpbusd and 16 ANDs on zmm registers and no shift (fields masked in place, 4^k c_k)."""
-    env = dict(os.environ, NUMBA_CPU_NAME="sapphirerapids", NUMBA_DISABLE_JIT="0",
-               NUMBA_CPU_FEATURES="+avx512f,+avx512bw,+avx512vnni,+avx512vl,+avx512dq,+avx2,+avx,+fma,+bmi2")
-    out = subprocess.run([sys.executable, "-c", VNNI_ASM_PROBE], env=env, capture_output=True, text=True,
+@pytest.mark.skipif(not ternary.HAVE_AVX2, reason="an x86-64 host with the JIT on compiles for AVX2 / AVX-512 VNNI")
+@pytest.mark.parametrize("kernel, cpu, features, multiply_adds, ands, shifts", [
+    ("_vnni512_rows_intrinsic", "sapphirerapids", AVX512_VNNI, {"vpdpbusd": 16}, 16, 0),
+    ("_avx2_rows_intrinsic", "haswell", "+avx2,+avx,+fma,+bmi2", {"vpmaddubsw": 16}, 16, 4),
+])
+def test_row_kernels_pick_fields_with_few_shifts(kernel, cpu, features, multiply_adds, ands, shifts):
+    """Compiled for the CPU it is meant for (on any x86 host: the code is inspected, not run), a pass of 4 rows
+    over its blocks has 16 multiply-adds and 16 ANDs, and as shifts only the one per row of the AVX2 kernel
+    (h = codes >> 4) and none in the VNNI kernel (every field masked in place, 4^k c_k)."""
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_DISABLE_JIT="0")
+    out = subprocess.run([sys.executable, "-c", ROWS_ASM_PROBE, kernel], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     counts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert counts.get("vpdpbusd") == 16 and counts.get("vpandq", 0) + counts.get("vpandd", 0) == 16, counts
-    assert not [op for op in counts if op.startswith(("vpsrl", "vpsra", "vpsll"))], counts
+    assert {op: counts.get(op) for op in multiply_adds} == multiply_adds, counts
+    assert sum(n for op, n in counts.items() if op in ("vpand", "vpandq", "vpandd")) == ands, counts
+    assert sum(n for op, n in counts.items() if op.startswith(("vpsrl", "vpsra", "vpsll"))) == shifts, counts
 
 
 def test_offset_functions_reject_bad_input_naming_the_argument():

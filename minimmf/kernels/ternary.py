@@ -245,11 +245,14 @@ def ternary_matmul(q_x, packed: PackedTernary) -> np.ndarray:
 #
 # and x86 has an instruction for exactly "unsigned byte times signed byte, adjacent pairs added into int16":
 # ``vpmaddubsw`` (AVX2, 32 bytes at a time). Per 128 weights of one row the kernel does one 32-byte load of codes,
-# 3 shifts and 4 ANDs to bring each 2-bit field to the bottom of its byte, 4 ``vpmaddubsw`` against the int8
-# activations and 4 int16 adds; every 8 blocks one ``vpmaddwd`` by 1s widens the int16 lanes into int32 ones:
-# ~0.1 instructions per weight against ~0.29 above. Nothing saturates or overflows: a pair is at most
-# 2 * 2 * 128 = 512 in magnitude, a block adds at most 2048 to an int16 lane, 8 blocks at most 16384. Four rows are
-# done per pass so that the activations are loaded once for four rows. The layout is the interleaved one above with only the code values changed
+# one 16-bit shift (by 4) and 4 ANDs to pick the four 2-bit fields, 4 ``vpmaddubsw`` against the int8 activations
+# and 4 int16 adds; every 8 blocks ``vpmaddwd`` by 1s widens the int16 lanes into int32 ones: ~0.1 instructions per
+# weight against ~0.29 above. Fields 1 and 3 are not shifted down: masked with 12 they read 4 c, so their products
+# go to a second int16 sum (4 times theirs), divided by 4 once per row at the end. Nothing saturates or
+# overflows: a pair is at most 2 * 2 * 128 = 512 in magnitude (2048 for the fields read as 4 c), so a block adds at
+# most 1024 to a lane of the first sum and 4096 to one of the second, and 8 blocks at most 8192 and 32768 (the
+# second: -32768 at the very worst, all activations -128; 8 * 4064 = 32512 the other way: int16 holds both).
+# Four rows are done per pass so that the activations are loaded once for four rows. The layout is the interleaved one above with only the code values changed
 # (``OFFSET_CODE = {-1: 0b00, 0: 0b01, +1: 0b10}``), so ``offset_from_packed`` converts a ``PackedTernary`` by
 # looking each byte up in a 256-entry table.
 #
@@ -261,7 +264,7 @@ def ternary_matmul(q_x, packed: PackedTernary) -> np.ndarray:
 OFFSET_CODE = {-1: 0b00, 0: 0b01, 1: 0b10}  # 2-bit code = w + 1; 0b11 is never produced
 OFFSET_ROWS = 4  # rows per pass of the AVX2 kernel (the activations are loaded once per 4 rows)
 OFFSET_TILE = 16  # rows per parallel work item
-OFFSET_GROUP = 8  # blocks summed in int16 lanes before widening: 8 * 4 * 512 = 16384 < 32767
+OFFSET_GROUP = 8  # blocks summed in int16 lanes before widening (the bound: the comment above)
 
 
 class OffsetPacked(NamedTuple):
@@ -452,13 +455,15 @@ def _rows_intrinsic(R: int, acc_type, emit_loops):
 
 
 def _avx2_rows_intrinsic(R: int):
-    """The AVX2 row kernel for R rows: per block b and row r, e_k = (codes[r, 32b:32b+32] >> 2k) & 3 (k = 0..3, as
-    16-bit shifts then a byte mask), t += sum_k vpmaddubsw(e_k, xp[128b+32k : 128b+32k+32]) (16 int16 lanes, at
-    most 2048 more per block), and every OFFSET_GROUP blocks acc_r += vpmaddwd(t, 1) (int32 lanes), t = 0.
+    """The AVX2 row kernel for R rows: per block b and row r, with h = codes >> 4 (one 16-bit shift),
+    the fields e_0 = c & 3, e_1 = c & 12 (= 4 c_1), e_2 = h & 3, e_3 = h & 12 (= 4 c_3);
+    t_r += vpmaddubsw(e_0, x_0) + vpmaddubsw(e_2, x_2) and u_r += vpmaddubsw(e_1, x_1) + vpmaddubsw(e_3, x_3)
+    (16 int16 lanes each, x_k = xp[128b+32k:][:32]); every OFFSET_GROUP blocks acc_r += vpmaddwd(t_r, 1) and
+    odd_r += vpmaddwd(u_r, 1) (int32 lanes); at the end acc_r += odd_r >> 2 (exact: u_r is a sum of multiples of 4).
     """
     i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
     v32i8, v16i16, v8i32 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-    mask3 = ir.Constant(v32i8, [3] * 32)
+    mask3, mask12 = ir.Constant(v32i8, [3] * 32), ir.Constant(v32i8, [12] * 32)
     ones = ir.Constant(v16i16, [1] * 16)
 
     def emit_loops(code: _RowsCode) -> None:
@@ -467,13 +472,15 @@ def _avx2_rows_intrinsic(R: int):
         maddwd = code.function("llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
         group = const(OFFSET_GROUP)
         ngroups = builder.sdiv(builder.add(code.nb, const(OFFSET_GROUP - 1)), group)
-        sums = [cgutils.alloca_once(builder, v16i16) for _ in range(R)]
+        sums = [[cgutils.alloca_once(builder, v16i16) for _ in range(2)] for _ in range(R)]   # t_r, u_r
+        odds = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, None)) for _ in range(R)]
         with cgutils.for_range(builder, ngroups) as gloop:
             b0 = builder.mul(gloop.index, group)
             b1 = builder.add(b0, group)
             b1 = builder.select(builder.icmp_signed("<", b1, code.nb), b1, code.nb)
             for r in range(R):
-                builder.store(ir.Constant(v16i16, None), sums[r])
+                for t in sums[r]:
+                    builder.store(ir.Constant(v16i16, None), t)
             with cgutils.for_range_slice(builder, b0, b1, const(1)) as (b, _):
                 x0 = builder.mul(b, const(128))
                 xs = [code.load(code.x, builder.add(x0, const(32 * k)), v32i8) for k in range(4)]
@@ -481,16 +488,22 @@ def _avx2_rows_intrinsic(R: int):
                 code.prefetch_ahead(b, R * 32)
                 for r in range(R):
                     w = code.load(code.rows[r], w0, v32i8)
-                    w16 = builder.bitcast(w, v16i16)
-                    t = builder.load(sums[r])
-                    for k in range(4):
-                        e = w if k == 0 else builder.bitcast(
-                            builder.lshr(w16, ir.Constant(v16i16, [2 * k] * 16)), v32i8)
-                        t = builder.add(t, builder.call(maddubs, [builder.and_(e, mask3), xs[k]]))
-                    builder.store(t, sums[r])
-            for r in range(R):  # widen the group's int16 lanes into the int32 accumulator
+                    h = builder.bitcast(builder.lshr(builder.bitcast(w, v16i16), ir.Constant(v16i16, [4] * 16)),
+                                        v32i8)
+                    even = builder.add(builder.call(maddubs, [builder.and_(w, mask3), xs[0]]),
+                                       builder.call(maddubs, [builder.and_(h, mask3), xs[2]]))
+                    odd = builder.add(builder.call(maddubs, [builder.and_(w, mask12), xs[1]]),
+                                      builder.call(maddubs, [builder.and_(h, mask12), xs[3]]))
+                    builder.store(builder.add(builder.load(sums[r][0]), even), sums[r][0])
+                    builder.store(builder.add(builder.load(sums[r][1]), odd), sums[r][1])
+            for r in range(R):  # widen the group's int16 lanes into the int32 accumulators
                 builder.store(builder.add(builder.load(code.accs[r]),
-                                          builder.call(maddwd, [builder.load(sums[r]), ones])), code.accs[r])
+                                          builder.call(maddwd, [builder.load(sums[r][0]), ones])), code.accs[r])
+                builder.store(builder.add(builder.load(odds[r]),
+                                          builder.call(maddwd, [builder.load(sums[r][1]), ones])), odds[r])
+        for r in range(R):
+            odd = builder.ashr(builder.load(odds[r]), ir.Constant(v8i32, [2] * 8))
+            builder.store(builder.add(builder.load(code.accs[r]), odd), code.accs[r])
 
     return _rows_intrinsic(R, v8i32, emit_loops)
 
