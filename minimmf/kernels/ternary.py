@@ -252,9 +252,9 @@ def ternary_matmul(q_x, packed: PackedTernary) -> np.ndarray:
 # overflows: a pair is at most 2 * 2 * 128 = 512 in magnitude (2048 for the fields read as 4 c), so a block adds at
 # most 1024 to a lane of the first sum and 4096 to one of the second, and 8 blocks at most 8192 and 32768 (the
 # second: -32768 at the very worst, all activations -128; 8 * 4064 = 32512 the other way: int16 holds both).
-# Four rows are done per pass so that the activations are loaded once for four rows. The layout is the interleaved one above with only the code values changed
-# (``OFFSET_CODE = {-1: 0b00, 0: 0b01, +1: 0b10}``), so ``offset_from_packed`` converts a ``PackedTernary`` by
-# looking each byte up in a 256-entry table.
+# Four rows are done per pass so that the activations are loaded once for four rows. The layout is the interleaved
+# one above with only the code values changed (``OFFSET_CODE = {-1: 0b00, 0: 0b01, +1: 0b10}``), so
+# ``offset_from_packed`` converts a ``PackedTernary`` by looking each byte up in a 256-entry table.
 #
 # LLVM does not find ``vpmaddubsw`` in a plain loop (it proves that the products fit in int16, widens both
 # operands and multiplies with ``vpmullw``), so the AVX2 kernel calls the two x86 instructions through
@@ -534,8 +534,8 @@ HAVE_VNNI512 = _host_has_vnni512()
 # holds a multiple of 4^k in every lane, and at the end acc_0 + (acc_1 >> 2) + (acc_2 >> 4) + (acc_3 >> 6) is the
 # exact sum. That saves the 3 shifts, which run on the same port as ``vpdpbusd`` on Intel cores, and gives the
 # 4 R multiply-adds of a step 4 R independent chains instead of R chains of 4 (``vpdpbusd`` has a latency of
-# several cycles). (A lane of acc_3 grows by at most 4 * 128 * 127 per pair of blocks: int32 holds that for
-# in_features up to about 8 million, beyond where the sum itself, 2 * 127 * in_features, would overflow.)
+# several cycles). (A lane of acc_3 changes by at most 4 * 128 * 128 per pair of blocks: int32 holds that for
+# in_features up to about 8 million, where the sum itself, up to 2 * 128 * in_features, would overflow anyway.)
 
 def _vnni512_rows_intrinsic(R: int):
     """The AVX-512 VNNI row kernel for R rows: per pair of blocks (b, b + 1), row r and field k = 0..3,
