@@ -74,6 +74,17 @@ def ggml_program():
     return exe
 
 
+def shape_arg(text: str) -> tuple[int, int]:
+    """'5632x2048' -> (5632, 2048): out x in, in a multiple of 256 (ggml's TQ2_0 block)."""
+    try:
+        O, I = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is OUTxIN, e.g. 5632x2048; got {text!r}") from None
+    if O < 1 or I < 256 or I % 256:
+        raise argparse.ArgumentTypeError(f"OUT must be >= 1 and IN a multiple of 256 (ggml's blocks); got {text!r}")
+    return O, I
+
+
 def ring_size(mode, nbytes):
     """1 matrix for "hot"; for "cold" enough distinct matrices to fill twice the last-level cache."""
     return 1 if mode == "hot" else max(2, -(-2 * l3_bytes() // nbytes))
@@ -99,10 +110,13 @@ def time_minimmf(O, I, mode, threads, repeats, rng):
     out = {}
     R = ring_size(mode, O * I // 4)
     q_ws = [rng.integers(-1, 2, size=(O, I), dtype=np.int8) for _ in range(min(R, 2))]
-    offset = [pack_offset(q_ws[k % len(q_ws)]) for k in range(R)]  # distinct arrays, two distinct contents
+
+    def ring(packed):  # R distinct arrays (copies), two distinct contents: packed once, copied (a cold ring is large)
+        return [p._replace(codes=p.codes.copy()) for k in range(R) for p in [packed[k % len(packed)]]]
+    offset = ring([pack_offset(q) for q in q_ws])
     out["minimmf offset"] = time_ring(lambda k: offset_matmul(q_x, offset[k]), R, repeats)[0]
     del offset
-    old = [pack_ternary(q_ws[k % len(q_ws)]) for k in range(R)]
+    old = ring([pack_ternary(q) for q in q_ws])
     out["minimmf add/sub"] = time_ring(lambda k: ternary_matmul(q_x, old[k]), R, repeats)[0]
     del old
     R32 = ring_size(mode, O * I * 4)
@@ -202,6 +216,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=300, help="calls per cell and pass (median taken)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--modes", nargs="+", default=["hot", "cold"], choices=["hot", "cold"])
+    ap.add_argument("--shapes", type=shape_arg, nargs="+", default=SHAPES, metavar="OUTxIN",
+                    help="the products to time (default: the four of the table, e.g. 5632x2048)")
     ap.add_argument("--json", type=Path, help="also write every number here")
     ap.add_argument("--whole-model", action="store_true", help="batch-1 decode of the 370M shape: llama-bench on "
                                                                "TQ2_0/TQ1_0 GGUFs against PackedMMfreeLM.step")
@@ -218,7 +234,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     cells = {}
     for p in range(args.passes):
-        for O, I in SHAPES:
+        for O, I in args.shapes:
             for mode in args.modes:
                 for t in args.threads:
                     key = (O, I, t, mode)
@@ -230,6 +246,8 @@ def main(argv=None):
                     best = cells.setdefault(key, got)
                     for name, v in got.items():
                         best[name] = min(best[name], v)
+                    print(f"  {O} × {I}, {mode}, {t} thread(s): " + ", ".join(
+                        f"{name} {v * 1e6:,.0f} µs" for name, v in got.items()), flush=True)
             print(f"pass {p + 1}/{args.passes}: {O} × {I} done, load average {os.getloadavg()[0]:.2f}", flush=True)
     cols = ["minimmf offset", "minimmf add/sub"] + ([f"ggml {k.upper()}" for k in GGML_TYPES] if exe else [])
     cols += ["NumPy f32"]
