@@ -14,6 +14,7 @@ from ..bitlinear import BitLinearCache, PackedBitLinear
 from ..functional import RMSNormCache
 from ..kernels import fused
 from ..kernels.ternary import as_offset, offset_matmul
+from ..kernels.ternary_gemm import ternary_gemm
 from ..seam import op
 
 
@@ -26,8 +27,7 @@ def bitlinear_forward(x: np.ndarray, p):
         return bitlinear.bitlinear_forward(x, p)
     q_x, x_q, s_x, rstd = fused.bitlinear_front(x, g, bitlinear.BITLINEAR_EPS, quant.ACT_QMAX, quant.ACT_EPS)
     q_w, W_q, s_w = fused.weight_quant(W, quant.WEIGHT_EPS)  # (O, I) codes as floats, (O, I), scalar
-    y = q_x @ q_w.T                                          # (N, O) integer-valued, exact
-    fused.divide_rows(y, s_x * s_w)                          # y /= s_x s_w, on every thread
+    y = ternary_gemm(q_x, q_w, s_x * s_w, quant.ACT_QMAX)    # (q_x @ q_w.T) / (s_x s_w), in exact integer sums
     cache = BitLinearCache(RMSNormCache(x, rstd.reshape(*x.shape[:-1], 1), g), x_q, W_q, x.shape[:-1])
     return y.reshape(*x.shape[:-1], W.shape[0]), cache
 
