@@ -156,6 +156,48 @@ def _tile_sums(typingctx, tiles, t, x, n0, acc):
     return sig, codegen
 
 
+@intrinsic
+def _store_tile(typingctx, acc, sums, den, y, n0, o0, tokens):
+    """y[n0 + k, o0 + r] = float(acc[k, r] - sums[n0 + k]) / den[n0 + k] for k < tokens and all TILE_ROWS rows r,
+    eight rows per vector: the conversion and the correctly rounded division as NumPy does them, lane by lane."""
+    sig = types.void(acc, sums, den, y, n0, o0, tokens)
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        v8i32 = ir.VectorType(i32, 8)
+        fty = context.get_data_type(sig.args[3].dtype)
+        v8f = ir.VectorType(fty, 8)
+        acc_a, sums_a, den_a, y_a = (context.make_array(sig.args[j])(context, builder, args[j]) for j in range(4))
+        n0, o0, tokens = args[4], args[5], args[6]
+
+        def const(v):
+            return ir.Constant(n0.type, v)
+
+        def splat(value, vty):
+            v = builder.insert_element(ir.Constant(vty, None), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+        y_stride = cgutils.unpack_tuple(builder, y_a.strides, 2)[0]
+        acc_stride = cgutils.unpack_tuple(builder, acc_a.strides, 2)[0]
+        y_bytes = builder.bitcast(y_a.data, ir.IntType(8).as_pointer())
+        acc_bytes = builder.bitcast(acc_a.data, ir.IntType(8).as_pointer())
+        with cgutils.for_range(builder, tokens) as loop:
+            k = loop.index
+            n = builder.add(n0, k)
+            d = splat(builder.load(builder.gep(den_a.data, [n])), v8f)
+            s = splat(builder.load(builder.gep(sums_a.data, [n])), v8i32)
+            y_row = builder.gep(y_bytes, [builder.mul(n, y_stride)])
+            acc_row = builder.gep(acc_bytes, [builder.mul(k, acc_stride)])
+            for q in range(TILE_ROWS // 8):
+                a = builder.load(builder.bitcast(builder.gep(acc_row, [const(32 * q)]), v8i32.as_pointer()), align=1)
+                v = builder.fdiv(builder.sitofp(builder.sub(a, s), v8f), d)
+                at = builder.gep(builder.bitcast(y_row, fty.as_pointer()), [builder.add(o0, const(8 * q))])
+                builder.store(v, builder.bitcast(at, v8f.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(parallel=True, cache=True)
 def _ternary_gemm(x, sums, tiles, den, y):
     """y[n, o] = float(acc[n, o] - sums[n]) / den[n]: work items (token tile, row tile), split over the threads;
@@ -167,12 +209,15 @@ def _ternary_gemm(x, sums, tiles, den, y):
         acc = np.empty((TILE_TOKENS, TILE_ROWS), np.int32)
         _tile_sums(tiles, t, x, n0, acc)
         o0 = t * TILE_ROWS
-        for k in range(min(TILE_TOKENS, N - n0)):
-            n = n0 + k
-            d = den[n]
-            for r in range(min(TILE_ROWS, O - o0)):
-                y[n, o0 + r] = acc[k, r] - sums[n]                 # the exact integer, in y's dtype
-                y[n, o0 + r] = y[n, o0 + r] / d
+        tokens = min(TILE_TOKENS, N - n0)
+        if o0 + TILE_ROWS <= O:
+            _store_tile(acc, sums, den, y, n0, o0, tokens)
+        else:                                                      # the last, partial row tile
+            for k in range(tokens):
+                n = n0 + k
+                for r in range(O - o0):
+                    y[n, o0 + r] = acc[k, r] - sums[n]             # the exact integer, in y's dtype
+                    y[n, o0 + r] = y[n, o0 + r] / den[n]
 
 
 def ternary_gemm(q_x: np.ndarray, q_w: np.ndarray, den: np.ndarray, act_qmax: float = 127) -> np.ndarray:
