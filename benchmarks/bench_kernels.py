@@ -1,6 +1,6 @@
 """Benchmark minimmf's kernels against NumPy/BLAS, side by side in one run (see benchmarks/README.md).
 
-    python benchmarks/bench_kernels.py [--json PATH] [--only decode load training scan compile]
+    python benchmarks/bench_kernels.py [--json PATH] [--only decode load training gemm scan compile]
 
 1. decode: packed ternary matvec (N = 1) vs NumPy float32 matvec of the same matrix, hot and from DRAM,
    with 1 and 2 threads; and a thread sweep checking that 2 threads are never slower than 1.
@@ -9,6 +9,8 @@
    subprocess started by the benchmark keeps one core busy.
 2. training shapes (N = 4096 tokens): ternary_matmul vs BLAS on the dequantized float32 matrix, and
    float_ternary_matmul vs BLAS dy @ q_w.
+2b. gemm: the training forward's product at the presets' shapes, ternary_gemm (exact integer sums, divided row
+   by row) vs what the readable layer does (BLAS's float product, then the division), 1 and 2 threads.
 3. MLGRU scan (B, T, D) = (8, 256, 512) float32: Numba vs the NumPy loop, and kernel time / time to stream
    the kernel's inputs and outputs once at the measured copy bandwidth.
 4. first-call compile time of each kernel (cold: a subprocess with a fresh NUMBA_CACHE_DIR) and cached load.
@@ -257,6 +259,40 @@ def bench_training():
     RESULTS["training"] = out
 
 
+GEMM_SHAPES = [  # (label, N tokens, in, out): the BitLinears of a training step at the presets' shapes
+    ("tiny: f, i, g, o", 2048, 128, 128), ("tiny: gate + up", 2048, 128, 512), ("tiny: down", 2048, 256, 128),
+    ("tiny: head", 2048, 128, 2048), ("char: gate + up", 768, 128, 1024), ("char: down", 768, 512, 128),
+    ("char: head", 768, 128, 65),
+]
+
+
+def bench_gemm():
+    from minimmf.kernels import fused
+    from minimmf.kernels.ternary_gemm import ternary_gemm
+
+    rng = np.random.default_rng(2)
+    rows, out = [], []
+    for label, N, I, O in GEMM_SHAPES:
+        q_x = rng.integers(-127, 128, size=(N, I)).astype(np.float32)
+        q_w = rng.integers(-1, 2, size=(O, I)).astype(np.float32)
+        den = rng.uniform(1, 100, size=(N, 1)).astype(np.float32)
+
+        def readable():
+            y = q_x @ q_w.T
+            return fused.divide_rows(y, den)
+        assert np.array_equal(ternary_gemm(q_x, q_w, den), readable())
+        for nt in (1, 2):
+            set_threads(nt)
+            tk = median_time(lambda: ternary_gemm(q_x, q_w, den), repeats=15)
+            tb = median_time(readable, repeats=15)
+            rows.append([label, f"{N}×{I}→{O}", str(nt), us(tk), us(tb), f"{tb / tk:.2f}×"])
+            out.append(dict(label=label, N=N, I=I, O=O, threads=nt, ternary_gemm_s=tk, blas_and_divide_s=tb))
+    set_threads(numba.config.NUMBA_NUM_THREADS)
+    table("2b. The training forward's product: ternary_gemm vs BLAS's float product and the division (same bits)",
+          ["BitLinear", "tokens×in→out", "threads", "ternary_gemm", "BLAS + divide_rows", "ratio"], rows)
+    RESULTS["gemm"] = out
+
+
 # ---------------------------------------------------------------- 3. scan
 
 def copy_bandwidth(nbytes, repeats=7):
@@ -350,7 +386,7 @@ def bench_compile():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
-    ap.add_argument("--only", nargs="+", choices=["decode", "load", "training", "scan", "compile"],
+    ap.add_argument("--only", nargs="+", choices=["decode", "load", "training", "gemm", "scan", "compile"],
                     help="run only these sections (default: all)")
     ap.add_argument("--load-child", type=int, metavar="REPEATS", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -363,7 +399,8 @@ def main():
     print("# minimmf kernel benchmark\n")
     for k, v in info.items():
         print(f"- {k}: {v}")
-    sections = {"decode": bench_decode, "load": bench_load, "training": bench_training, "scan": bench_scan, "compile": bench_compile}
+    sections = {"decode": bench_decode, "load": bench_load, "training": bench_training, "gemm": bench_gemm,
+                "scan": bench_scan, "compile": bench_compile}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
             fn()
