@@ -59,15 +59,20 @@ def pack_tiles_ref(q_w) -> np.ndarray:
 
 @njit(parallel=True, cache=True)
 def pack_tiles(q_w):
-    """pack_tiles_ref, on every thread (the codes change every step, so this runs once per forward)."""
+    """pack_tiles_ref, on every thread (the codes change every step, so this runs once per forward), written
+    in the order of its output bytes; q_w C-contiguous."""
     O, I = q_w.shape
-    nt = (O + TILE_ROWS - 1) // TILE_ROWS
-    tiles = np.zeros((nt, (I + 1) // 2, TILE_ROWS, 2), np.uint8)
+    nt, npairs = (O + TILE_ROWS - 1) // TILE_ROWS, (I + 1) // 2
+    tiles = np.empty((nt, npairs, TILE_ROWS, 2), np.uint8)
+    flat, w = tiles.reshape(-1), q_w.reshape(-1)
     for t in prange(nt):
-        for r in range(min(TILE_ROWS, O - t * TILE_ROWS)):
-            row = q_w[t * TILE_ROWS + r]
-            for i in range(I):
-                tiles[t, i >> 1, r, i & 1] = np.uint8(np.int8(row[i]) + 1)
+        for p in range(npairs):
+            at = (t * npairs + p) * 2 * TILE_ROWS
+            for r in range(TILE_ROWS):
+                o = t * TILE_ROWS + r
+                for j in range(2):
+                    i = 2 * p + j
+                    flat[at + 2 * r + j] = np.uint8(np.int8(w[o * I + i]) + 1) if o < O and i < I else 0
     return tiles
 
 
