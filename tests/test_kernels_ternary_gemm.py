@@ -98,3 +98,13 @@ def test_mismatched_shapes_or_dtypes_are_named():
         tg.ternary_gemm(q_x, q_w.astype(np.float64), den)
     with pytest.raises(ValueError, match=r"\(4, 2\)"):
         tg.ternary_gemm(q_x, q_w, np.ones((4, 2), np.float32))
+
+
+def test_views_that_are_not_contiguous_are_read_as_they_are():
+    """A transposed slice of codes (not C-contiguous) for either operand gives the same product."""
+    rng = np.random.default_rng(3)
+    q_w = rng.integers(-1, 2, (100, 70)).astype(np.float32).T[:50, :40]          # (50, 40) view
+    q_x = rng.integers(-128, 128, (40, 9)).astype(np.float32).T                  # (9, 40) view
+    den = np.full((9, 1), 3.0, np.float32)
+    np.testing.assert_array_equal(tg.ternary_gemm(q_x, q_w, den),
+                                  _expected(q_x.astype(np.int8), q_w.astype(np.int8), den))

@@ -241,5 +241,5 @@ def ternary_gemm(q_x: np.ndarray, q_w: np.ndarray, den: np.ndarray, act_qmax: fl
         return y
     x, sums = pack_activations(q_x)
     y = np.empty((N, O), q_x.dtype)
-    _ternary_gemm(x, sums, pack_tiles(q_w), np.ascontiguousarray(den[:, 0]), y)
+    _ternary_gemm(x, sums, pack_tiles(np.ascontiguousarray(q_w)), np.ascontiguousarray(den[:, 0]), y)
     return y
