@@ -1,4 +1,5 @@
-"""Fast kernels, each beside its plain-NumPy reference: ternary products (ternary.py) and the MLGRU scan (scan.py).
+"""Fast kernels, each beside its plain-NumPy reference: ternary products (ternary.py; ternary_gemm.py for the
+training forward's many tokens), the MLGRU scan (scan.py), the fused training and decode kernels.
 
 ``_numba`` is imported first so that its Numba settings apply before any kernel compiles.
 """
