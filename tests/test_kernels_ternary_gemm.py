@@ -98,6 +98,18 @@ def test_mismatched_shapes_or_dtypes_are_named():
         tg.ternary_gemm(q_x, q_w.astype(np.float64), den)
     with pytest.raises(ValueError, match=r"\(4, 2\)"):
         tg.ternary_gemm(q_x, q_w, np.ones((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"\(2, 2, 8\)"):
+        tg.ternary_gemm(np.zeros((2, 2, 8), np.float32), q_w, den)
+
+
+@pytest.mark.parametrize("N, I, O", [(0, 8, 3), (4, 8, 0), (4, 0, 3)])
+def test_empty_products_are_empty_or_zero(N, I, O):
+    """No tokens, no rows, or no inputs (every sum empty: zero), as the float product gives them."""
+    q_x, q_w = np.ones((N, I), np.float32), np.ones((O, I), np.float32)
+    den = np.ones((N, 1), np.float32)
+    y = tg.ternary_gemm(q_x, q_w, den)
+    assert y.shape == (N, O)
+    np.testing.assert_array_equal(y, (q_x @ q_w.T) / den)
 
 
 def test_views_that_are_not_contiguous_are_read_as_they_are():
