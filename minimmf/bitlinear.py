@@ -6,10 +6,11 @@ SPEC §2. Every projection of the model, the LM head included, is a BitLinear:
     y = quant_act(n) @ quant_weight(W).T                # no bias
       = (q_x @ q_w.T) / (s_x * s_w)                     # integer form: adds and subtracts only
 
-``q_x @ q_w.T`` is an exact integer (each term is +q_x, 0 or -q_x). Training computes it
+``q_x @ q_w.T`` is an exact integer (each term is +q_x, 0 or -q_x). This layer computes it
 with BLAS on integer-valued floats — exact, because every partial sum is an integer far
-below 2**24 — and inference computes it on packed 2-bit codes w + 1 with the offset kernel
-(``offset_matmul``, ``kernels/ternary.py``). Both give the same bits.
+below 2**24; its fast twin with byte multiply-adds on many tokens at once (``ternary_gemm``,
+``kernels/ternary_gemm.py``); and inference on packed 2-bit codes w + 1 with the offset kernel
+(``offset_matmul``, ``kernels/ternary.py``). All give the same bits.
 
 Backward (straight-through estimator: both quantizers act as the identity):
 
