@@ -6,6 +6,7 @@ reference path; the fast step does the same float operations in the same order, 
 and states must be equal exactly (the int8 codes and int32 sums inside are then equal too).
 """
 import os
+from unittest import mock
 
 import numba
 import numpy as np
@@ -206,6 +207,31 @@ def test_a_tree_in_the_older_layout_is_converted_when_given_to_the_model():
             np.testing.assert_array_equal(logits, outs[0][0])
             for a, b in zip(st_.h, outs[0][1].h):
                 np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_thread_steps_take_the_kernels_serial_loops_with_the_same_bits(threads):
+    """On one thread the kernels run their passes without a parallel region (``parallel`` False); on two (the
+    guard off, so every step is parallel) with one; both give the plain step's bits, which a step's kernel
+    arguments are checked against: ``par`` follows the thread count."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two Numba threads")
+    config = minimmf.MMfreeConfig(vocab_size=40, hidden_size=200, num_hidden_layers=2, intermediate_size=300)
+    packed = _packed(config, 6)
+    packed.guard_threads = False
+    seen, real = [], decode.k1_projections
+
+    def k1(*args):
+        seen.append(args[-1])                                             # the kernel's ``parallel``
+        return real(*args)
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with mock.patch.object(decode, "k1_projections", k1):
+            _assert_steps_equal(packed, [1, 7, 39])
+    finally:
+        numba.set_num_threads(old)
+    assert seen and set(seen) == {threads > 1}
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")

@@ -165,24 +165,25 @@ def step_arrays(plan: DecodePlan, x: np.ndarray, hs) -> tuple[np.ndarray, np.nda
     eH, qh = e[:H], q3[0]
     new_h = np.empty((L, H), p.dtype)
     logits = np.empty(p.V, p.dtype)
+    par = numba.get_num_threads() > 1                  # one thread: the kernels launch no parallel region
     V, sw, (cfig, co, cgate, cdown), has_lb, g_down = p.layers[0]
-    k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q3, p.s3, si, yi3, z, e)
+    k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q3, p.s3, si, yi3, z, e, par)
     for l in range(L):
         np.exp(e, out=e)
         h = new_h[l]
         k2_scan(z, e, V, has_lb, hs[l], cs, ws, h, p.gn, eH)
         np.exp(eH, out=eH)
-        k3_output_and_gate(x, h, eH, p.gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg)
+        k3_output_and_gate(x, h, eH, p.gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg, par)
         np.exp(eg, out=eg)
         x = p.x[l % 2]
         if l + 1 < L:                                  # this layer's down projection, then the next layer's f, i, g
             V2, sw2, (cfig2, co2, cgate2, cdown2), has_lb2, g_down2 = p.layers[l + 1]
             k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, p.wi, p.wi_bits, p.qi, si, yi, x,
-                                    V2, sw2, cfig2, ws, ws_bits, q3, p.s3, yi3, z, e)
+                                    V2, sw2, cfig2, ws, ws_bits, q3, p.s3, yi3, z, e, par)
             V, sw, co, cgate, cdown, has_lb, g_down = V2, sw2, co2, cgate2, cdown2, has_lb2, g_down2
         else:                                          # the last layer's down projection, then the head
             k4_down_and_head(r, y, eg, g_down, sw, cdown, cs, p.wi, p.wi_bits, p.qi, si, yi, x,
-                             p.norm, p.head_g, p.head_sw, p.head_codes, ws, ws_bits, qh, logits)
+                             p.norm, p.head_g, p.head_sw, p.head_codes, ws, ws_bits, qh, logits, par)
     return logits, new_h
 
 

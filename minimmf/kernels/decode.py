@@ -26,7 +26,8 @@ into the zero-padded int8 row the ternary kernel reads, and the rescale happens 
 The weights are read as offset codes (``OffsetPacked``, codes w + 1; ``kernels/ternary.py``): every output row is
 ``offset_rows_scaled``'s exact int32 sum sum_i (w_i + 1) x_i - sum_i x_i, converted and divided by s_x s_w, the
 plain path's numbers. Each matrix is read once per token in one pass, split over the threads in tiles of
-OFFSET_TILE rows; the projections that read the same layer input (f, i, g, stored as one (3H, .) matrix; gate and
+OFFSET_TILE rows (or, with ``parallel`` False, on the calling thread alone, with no parallel region to launch:
+the caller passes False when it runs on one thread); the projections that read the same layer input (f, i, g, stored as one (3H, .) matrix; gate and
 up, one (2I, .) matrix) are one ``prange`` over their concatenated rows, so a layer is four passes over its
 weights, the head a fifth, and nothing else is read twice. Every buffer a kernel writes is allocated once, by the
 caller (``fast/decode.py``'s ``DecodePlan``); the packed model itself keeps all its codes in one buffer in the
@@ -139,7 +140,7 @@ def _down_front(y, eg, g_down, c, wi, wi_bits, qi):
 # ----------------------------------------------------------------------------- the kernels: three calls per layer
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q, s, si, yi, z, e):
+def k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q, s, si, yi, z, e, parallel):
     """The first layer's input: n1 = RMSNorm(x); z[k] = BitLinear_k(n1) for k = f, i, g (one pass over the 3H rows
     of cfig); e = -|z_f|, -|z_i|. cs: DecodeScalars as an array; ws (4, H) scratch; q (3, 128 nb) int8 (zero
     padding); s (3,) float and si (3,) int32 scratch; yi (3, H) int32 scratch."""
@@ -147,8 +148,12 @@ def k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q, s, si, yi, z, e):
     H = x.shape[0]
     _projections_front(x, V, c, ws, ws_bits, q, s, si)
     nb = q.shape[1] // BLOCK
-    for t in prange(3 * _ntiles(H)):
-        _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
+    if parallel:
+        for t in prange(3 * _ntiles(H)):
+            _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
+    else:
+        for t in range(3 * _ntiles(H)):
+            _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
     _projections_back(z, e)
 
 
@@ -171,7 +176,7 @@ def k2_scan(z, e, V, has_lb, h0, cs, ws, h, gn, eh):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg):
+def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, yi, r, y, eg, parallel):
     """o = gn silu(h); r = x + BitLinear_o(o); y = BitLinear_gate(RMSNorm(r; mlp_norm)) (2I: gate and up, one
     pass); eg = -|y[:I]|. yi (>= 2I,) int32 scratch."""
     c = _scalars(cs)
@@ -183,15 +188,23 @@ def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, 
     s_o = _front_row(o, V[G_O], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
     si[0] = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    for t in prange(_ntiles(H)):
-        _tile(qh, si[0], co, s_o, sw[3], yi, r, t, nb)
+    if parallel:
+        for t in prange(_ntiles(H)):
+            _tile(qh, si[0], co, s_o, sw[3], yi, r, t, nb)
+    else:
+        for t in range(_ntiles(H)):
+            _tile(qh, si[0], co, s_o, sw[3], yi, r, t, nb)
     for j in range(H):
         r[j] = x[j] + r[j]                                                 # residual 1
     rmsnorm_row(r, V[MLP_NORM], c.norm_eps, c.nH, one, ws[0], ws[1])
     s_g = _front_row(ws[1], V[G_GATE], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
     si[1] = offset_sum(qh)
-    for t in prange(_ntiles(cgate.shape[0])):
-        _tile(qh, si[1], cgate, s_g, sw[4], yi, y, t, nb)
+    if parallel:
+        for t in prange(_ntiles(cgate.shape[0])):
+            _tile(qh, si[1], cgate, s_g, sw[4], yi, y, t, nb)
+    else:
+        for t in range(_ntiles(cgate.shape[0])):
+            _tile(qh, si[1], cgate, s_g, sw[4], yi, y, t, nb)
     I = y.shape[0] // 2
     for j in range(I):
         eg[j] = -abs(y[j])
@@ -199,7 +212,7 @@ def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si, yi, out,
-                            V2, sw2, cfig2, ws, ws_bits, q, s, yi3, z, e):
+                            V2, sw2, cfig2, ws, ws_bits, q, s, yi3, z, e, parallel):
     """out = r + BitLinear_down(silu(gate) up), then the next layer's k1_projections on out (V2, sw2, cfig2):
     nothing between the two needs an exponential, so they are one call. wi (3, I) scratch, qi (128 nb_I,) int8."""
     c = _scalars(cs)
@@ -207,33 +220,49 @@ def k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si
     si[0] = offset_sum(qi)
     H = out.shape[0]
     nbi = qi.shape[0] // BLOCK
-    for t in prange(_ntiles(H)):
-        _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    if parallel:
+        for t in prange(_ntiles(H)):
+            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    else:
+        for t in range(_ntiles(H)):
+            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
     for j in range(H):
         out[j] = r[j] + out[j]                                             # residual 2
     _projections_front(out, V2, c, ws, ws_bits, q, s, si)
     nb = q.shape[1] // BLOCK
-    for t in prange(3 * _ntiles(H)):
-        _projections_tile(t, H, q, s, si, sw2, cfig2, yi3, z, nb)
+    if parallel:
+        for t in prange(3 * _ntiles(H)):
+            _projections_tile(t, H, q, s, si, sw2, cfig2, yi3, z, nb)
+    else:
+        for t in range(3 * _ntiles(H)):
+            _projections_tile(t, H, q, s, si, sw2, cfig2, yi3, z, nb)
     _projections_back(z, e)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def k4_down_and_head(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si, yi, out,
-                     w_norm, g_head, s_w_head, chead, ws, ws_bits, qh, logits):
+                     w_norm, g_head, s_w_head, chead, ws, ws_bits, qh, logits, parallel):
     """The last layer's out = r + BitLinear_down(silu(gate) up), then logits = BitLinear_head(RMSNorm(out; norm))."""
     c = _scalars(cs)
     s_d = _down_front(y, eg, g_down, c, wi, wi_bits, qi)
     si[0] = offset_sum(qi)
     H = out.shape[0]
     nbi = qi.shape[0] // BLOCK
-    for t in prange(_ntiles(H)):
-        _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    if parallel:
+        for t in prange(_ntiles(H)):
+            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    else:
+        for t in range(_ntiles(H)):
+            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
     for j in range(H):
         out[j] = r[j] + out[j]                                             # residual 2
     rmsnorm_row(out, w_norm, c.norm_eps, c.nH, c.one, ws[0], ws[1])
     s = _front_row(ws[1], g_head, c.nH, c, ws[2], ws[3], ws_bits[3], qh)
     si[1] = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    for t in prange(_ntiles(chead.shape[0])):
-        _tile(qh, si[1], chead, s, s_w_head, yi, logits, t, nb)
+    if parallel:
+        for t in prange(_ntiles(chead.shape[0])):
+            _tile(qh, si[1], chead, s, s_w_head, yi, logits, t, nb)
+    else:
+        for t in range(_ntiles(chead.shape[0])):
+            _tile(qh, si[1], chead, s, s_w_head, yi, logits, t, nb)
