@@ -12,6 +12,12 @@ from strategies_kernels import ternary_problems
 pytestmark = pytest.mark.jit
 
 
+@pytest.fixture(autouse=True)
+def every_product_on_the_kernel(monkeypatch):
+    """The kernel for any number of tokens (by default products of fewer than MIN_TOKENS take BLAS)."""
+    monkeypatch.setattr(tg, "MIN_TOKENS", 1)
+
+
 def _expected(q_x, q_w, den):
     """float(sum_i q_x q_w) / den from the int32 reference (independent of any float summation order)."""
     return ternary_matmul_ref(q_x, q_w).astype(den.dtype) / den
@@ -120,3 +126,17 @@ def test_views_that_are_not_contiguous_are_read_as_they_are():
     den = np.full((9, 1), 3.0, np.float32)
     np.testing.assert_array_equal(tg.ternary_gemm(q_x, q_w, den),
                                   _expected(q_x.astype(np.int8), q_w.astype(np.int8), den))
+
+
+def test_products_of_few_tokens_take_the_float_product(monkeypatch):
+    """Below MIN_TOKENS the codes are not re-laid: BLAS's product (the same bits), e.g. a one-token float step."""
+    monkeypatch.setattr(tg, "MIN_TOKENS", 512)
+    calls = []
+    monkeypatch.setattr(tg, "pack_tiles", lambda q_w: calls.append(q_w) or tg.pack_tiles_ref(q_w))
+    rng = np.random.default_rng(4)
+    q_w = rng.integers(-1, 2, (40, 64)).astype(np.float32)
+    for N in (1, 511, 512):
+        q_x = rng.integers(-128, 128, (N, 64)).astype(np.float32)
+        den = np.full((N, 1), 7.0, np.float32)
+        np.testing.assert_array_equal(tg.ternary_gemm(q_x, q_w, den), (q_x @ q_w.T) / den)
+    assert len(calls) == (1 if tg.HAVE_AVX2 else 0)                               # only N = 512 on the kernel

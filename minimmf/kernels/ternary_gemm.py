@@ -24,8 +24,8 @@ How (AVX2 ``vpmaddubsw``: 32 unsigned bytes times 32 signed bytes, adjacent pair
     offset: sum_i c x = sum_i w x + sum_i x, so y_int[n, o] = acc[n, o] - sum_i x[n, i] (exact int32);
     y[n, o] = float(y_int[n, o]) / den[n]: ``fused.divide_rows``'s correctly rounded division, fused in.
 
-The plain fallback (no AVX2, the JIT off, or activation codes wider than int8) is the layer's own formula:
-``(q_x @ q_w.T) / den`` with BLAS.
+The plain fallback (no AVX2, the JIT off, fewer than MIN_TOKENS tokens, or activation codes wider than int8) is
+the layer's own formula: ``(q_x @ q_w.T) / den`` with BLAS.
 Proven equal to the reference, extremes included, by ``tests/test_kernels_ternary_gemm.py``; taught in chapter 6
 ("Many tokens at once"). The training step uses it through ``fast/bitlinear.py``.
 """
@@ -45,6 +45,10 @@ TILE_ROWS = 16 * ROW_VECTORS    # output rows per tile
 TILE_TOKENS = 6                 # tokens per tile: 6 x 2 int16 accumulators + 2 code vectors + 1 broadcast <= 16 ymm
 SEGMENT = 64                    # input pairs summed in int16 lanes before widening (the bound above)
 MAX_INPUTS = 131_072            # 128 * MAX_INPUTS = 2^24: the float32 reference is exact below this
+MIN_TOKENS = 512                # fewer tokens: BLAS. Re-laying the codes costs ~1-1.6 ns per weight, which the faster
+                                # product repays only over many tokens (measured on znver3, one thread: 2816 x 1024
+                                # codes at 128 / 256 / 512 tokens took 1.60 / 1.21 / 0.86 of BLAS's time; a one-token
+                                # step 20x)
 
 
 def pack_tiles_ref(q_w) -> np.ndarray:
@@ -230,13 +234,14 @@ def ternary_gemm(q_x: np.ndarray, q_w: np.ndarray, den: np.ndarray, act_qmax: fl
     """y = (q_x @ q_w.T) / den, row n divided by den[n], computed exactly in integers (the same bits as the float
     product and NumPy's division). q_x (N, I) integer-valued codes in [-act_qmax - 1, act_qmax] (float32/float64),
     q_w (O, I) codes in {-1, 0, 1} of the same dtype, den (N, 1) -> y (N, O) of that dtype. Codes wider than int8
-    (act_qmax > 127: a quantizer changed by hand) take the float product."""
+    (act_qmax > 127: a quantizer changed by hand), and products of fewer than MIN_TOKENS tokens, take the float
+    product."""
     if not (q_x.ndim == q_w.ndim == den.ndim == 2 and q_w.shape[1] == q_x.shape[1]
             and den.shape == (q_x.shape[0], 1) and q_x.dtype == q_w.dtype == den.dtype):
         raise ValueError(f"ternary_gemm: expected q_x (N, I), q_w (O, I) and den (N, 1) of one dtype, got "
                          f"{q_x.shape} {q_x.dtype}, {q_w.shape} {q_w.dtype}, {den.shape} {den.dtype}")
     (N, I), O = q_x.shape, q_w.shape[0]
-    if not HAVE_AVX2 or I > MAX_INPUTS or act_qmax > 127:
+    if not HAVE_AVX2 or N < MIN_TOKENS or I > MAX_INPUTS or act_qmax > 127:
         y = q_x @ q_w.T
         y /= den
         return y
