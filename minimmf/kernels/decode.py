@@ -96,8 +96,9 @@ def _ntiles(rows):
 
 # ----------------------------------------------------------------------------- the steps of a layer, as building blocks
 #
-# Each pass over a weight matrix is an explicit ``prange`` in the kernel that runs it; what comes before and after
-# it (norms, fronts, gates, residuals: one thread, O(H) work) is one of these inline blocks.
+# Each pass over a weight matrix is a ``prange`` over its tiles (``_projections_pass``, ``_rows_pass``; a plain loop
+# when the caller runs on one thread); what comes before and after it (norms, fronts, gates, residuals: one thread,
+# O(H) work) is one of these inline blocks.
 
 @njit(inline="always")
 def _projections_front(x, V, c, ws, ws_bits, q, s, si):
@@ -126,6 +127,29 @@ def _projections_back(z, e):
 
 
 @njit(inline="always")
+def _projections_pass(parallel, H, q, s, si, sw, cfig, yi, z, nb):
+    """Every tile of the f, i, g rows: split over the threads (``parallel``), or on this thread alone with no
+    parallel region to launch (the caller runs on one thread)."""
+    if parallel:
+        for t in prange(3 * _ntiles(H)):
+            _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
+    else:
+        for t in range(3 * _ntiles(H)):
+            _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
+
+
+@njit(inline="always")
+def _rows_pass(parallel, xq, sum_x, codes, s_x, s_w, y_int, y, nb):
+    """y = one BitLinear's rows (``_tile``), every tile of codes: split over the threads or on this one, as above."""
+    if parallel:
+        for t in prange(_ntiles(codes.shape[0])):
+            _tile(xq, sum_x, codes, s_x, s_w, y_int, y, t, nb)
+    else:
+        for t in range(_ntiles(codes.shape[0])):
+            _tile(xq, sum_x, codes, s_x, s_w, y_int, y, t, nb)
+
+
+@njit(inline="always")
 def _down_front(y, eg, g_down, c, wi, wi_bits, qi):
     """a = silu(gate) up, then the down BitLinear's front: codes into qi; returns s_x."""
     one = c.one
@@ -148,12 +172,7 @@ def k1_projections(x, V, sw, cfig, cs, ws, ws_bits, q, s, si, yi, z, e, parallel
     H = x.shape[0]
     _projections_front(x, V, c, ws, ws_bits, q, s, si)
     nb = q.shape[1] // BLOCK
-    if parallel:
-        for t in prange(3 * _ntiles(H)):
-            _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
-    else:
-        for t in range(3 * _ntiles(H)):
-            _projections_tile(t, H, q, s, si, sw, cfig, yi, z, nb)
+    _projections_pass(parallel, H, q, s, si, sw, cfig, yi, z, nb)
     _projections_back(z, e)
 
 
@@ -188,23 +207,13 @@ def k3_output_and_gate(x, h, eh, gn, V, sw, co, cgate, cs, ws, ws_bits, qh, si, 
     s_o = _front_row(o, V[G_O], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
     si[0] = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    if parallel:
-        for t in prange(_ntiles(H)):
-            _tile(qh, si[0], co, s_o, sw[3], yi, r, t, nb)
-    else:
-        for t in range(_ntiles(H)):
-            _tile(qh, si[0], co, s_o, sw[3], yi, r, t, nb)
+    _rows_pass(parallel, qh, si[0], co, s_o, sw[3], yi, r, nb)
     for j in range(H):
         r[j] = x[j] + r[j]                                                 # residual 1
     rmsnorm_row(r, V[MLP_NORM], c.norm_eps, c.nH, one, ws[0], ws[1])
     s_g = _front_row(ws[1], V[G_GATE], c.nH, c, ws[2], ws[3], ws_bits[3], qh)
     si[1] = offset_sum(qh)
-    if parallel:
-        for t in prange(_ntiles(cgate.shape[0])):
-            _tile(qh, si[1], cgate, s_g, sw[4], yi, y, t, nb)
-    else:
-        for t in range(_ntiles(cgate.shape[0])):
-            _tile(qh, si[1], cgate, s_g, sw[4], yi, y, t, nb)
+    _rows_pass(parallel, qh, si[1], cgate, s_g, sw[4], yi, y, nb)
     I = y.shape[0] // 2
     for j in range(I):
         eg[j] = -abs(y[j])
@@ -220,22 +229,12 @@ def k4_down_and_projections(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si
     si[0] = offset_sum(qi)
     H = out.shape[0]
     nbi = qi.shape[0] // BLOCK
-    if parallel:
-        for t in prange(_ntiles(H)):
-            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
-    else:
-        for t in range(_ntiles(H)):
-            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    _rows_pass(parallel, qi, si[0], cdown, s_d, sw[5], yi, out, nbi)
     for j in range(H):
         out[j] = r[j] + out[j]                                             # residual 2
     _projections_front(out, V2, c, ws, ws_bits, q, s, si)
     nb = q.shape[1] // BLOCK
-    if parallel:
-        for t in prange(3 * _ntiles(H)):
-            _projections_tile(t, H, q, s, si, sw2, cfig2, yi3, z, nb)
-    else:
-        for t in range(3 * _ntiles(H)):
-            _projections_tile(t, H, q, s, si, sw2, cfig2, yi3, z, nb)
+    _projections_pass(parallel, H, q, s, si, sw2, cfig2, yi3, z, nb)
     _projections_back(z, e)
 
 
@@ -248,21 +247,11 @@ def k4_down_and_head(r, y, eg, g_down, sw, cdown, cs, wi, wi_bits, qi, si, yi, o
     si[0] = offset_sum(qi)
     H = out.shape[0]
     nbi = qi.shape[0] // BLOCK
-    if parallel:
-        for t in prange(_ntiles(H)):
-            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
-    else:
-        for t in range(_ntiles(H)):
-            _tile(qi, si[0], cdown, s_d, sw[5], yi, out, t, nbi)
+    _rows_pass(parallel, qi, si[0], cdown, s_d, sw[5], yi, out, nbi)
     for j in range(H):
         out[j] = r[j] + out[j]                                             # residual 2
     rmsnorm_row(out, w_norm, c.norm_eps, c.nH, c.one, ws[0], ws[1])
     s = _front_row(ws[1], g_head, c.nH, c, ws[2], ws[3], ws_bits[3], qh)
     si[1] = offset_sum(qh)
     nb = qh.shape[0] // BLOCK
-    if parallel:
-        for t in prange(_ntiles(chead.shape[0])):
-            _tile(qh, si[1], chead, s, s_w_head, yi, logits, t, nb)
-    else:
-        for t in range(_ntiles(chead.shape[0])):
-            _tile(qh, si[1], chead, s, s_w_head, yi, logits, t, nb)
+    _rows_pass(parallel, qh, si[1], chead, s, s_w_head, yi, logits, nb)
