@@ -3,8 +3,9 @@
 The readable layer runs ~15 NumPy passes over its input (RMSNorm, absmax, round, clip, casts); here BitLinear's
 input side is ``fused.bitlinear_front`` (the same one-row building block the decode step uses), the weight
 quantizer is ``fused.weight_quant``, and the product of the two codes is ``kernels/ternary_gemm.py``'s (exact
-integer sums: the bits of the layer's float product, in 0.5-0.8 of its time on one thread; chapter 6.9). The constants are read from the layer modules at every call, so
-``bitlinear.BITLINEAR_EPS`` and ``quant.ACT_QMAX`` stay the ones that count.
+integer sums: the bits of the layer's float product, in 0.5-0.8 of its time on one thread; chapter 6.9). The
+constants are read from the layer modules at every call, so ``bitlinear.BITLINEAR_EPS`` and ``quant.ACT_QMAX``
+stay the ones that count.
 """
 from __future__ import annotations
 

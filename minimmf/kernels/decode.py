@@ -25,14 +25,14 @@ into the zero-padded int8 row the ternary kernel reads, and the rescale happens 
 
 The weights are read as offset codes (``OffsetPacked``, codes w + 1; ``kernels/ternary.py``): every output row is
 ``offset_rows_scaled``'s exact int32 sum sum_i (w_i + 1) x_i - sum_i x_i, converted and divided by s_x s_w, the
-plain path's numbers. Each matrix is read once per token in one pass, split over the threads in tiles of
-OFFSET_TILE rows (or, with ``parallel`` False, on the calling thread alone, with no parallel region to launch:
-the caller passes False when it runs on one thread); the projections that read the same layer input (f, i, g, stored as one (3H, .) matrix; gate and
-up, one (2I, .) matrix) are one ``prange`` over their concatenated rows, so a layer is four passes over its
-weights, the head a fifth, and nothing else is read twice. Every buffer a kernel writes is allocated once, by the
-caller (``fast/decode.py``'s ``DecodePlan``); the packed model itself keeps all its codes in one buffer in the
-order a step reads them (``packed.adopt_packed``), so that the kernel's prefetch runs on from one matrix into the
-next.
+plain path's numbers. Each matrix is read once per token in one pass, split over the threads in tiles of OFFSET_TILE
+rows (or, with ``parallel`` False, on the calling thread alone, with no parallel region to launch: the caller passes
+False when it runs on one thread); the projections that read the same layer input (f, i, g, stored as one (3H, .)
+matrix; gate and up, one (2I, .) matrix) are one ``prange`` over their concatenated rows, so a layer is four passes
+over its weights, the head a fifth, and nothing else is read twice. Every buffer a kernel writes is allocated once,
+by the caller (``fast/decode.py``'s ``DecodePlan``); the packed model itself keeps all its codes in one buffer in
+the order a step reads them (``packed.adopt_packed``), so that the kernel's prefetch runs on from one matrix into
+the next.
 """
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
