@@ -1,5 +1,6 @@
 """Fast kernels, each beside its plain-NumPy reference: ternary products (ternary.py; ternary_gemm.py for the
-training forward's many tokens), the MLGRU scan (scan.py), the fused training and decode kernels.
+training forward's many tokens), the MLGRU scan (scan.py), NumPy's float32 e^x (exp32.py), the fused training
+and decode kernels.
 
 ``_numba`` is imported first so that its Numba settings apply before any kernel compiles.
 """

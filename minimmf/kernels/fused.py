@@ -25,9 +25,11 @@ How "the same numbers" is achieved (``tests/test_kernels_fused.py`` checks it, e
 * a mean over a row uses NumPy's own pairwise summation (``_pairwise_sum``), bit for bit;
 * every kernel is compiled with ``error_model="numpy"``: with Python's error model each float division checks
   for a zero divisor, and that check stops LLVM from vectorising the loop (3-10x slower, measured);
-* e^x is not computed in Numba (LLVM's expf differs from NumPy's SIMD exp in the last bit, and Numba has no
-  vectorised exp here): the wrapper computes ``e = exp(-|x|)`` with NumPy, in place (on a -|x| made by
-  ``neg_abs``), and the kernel does the rest.
+* e^x is NumPy's: LLVM's ``expf`` differs from NumPy's SIMD exp in the last bit, so the wrappers compute
+  ``e = exp(-|x|)`` (and the softmax's e^z) with ``exp32.py``, NumPy's float32 algorithm written out in Numba, in
+  one pass on every thread, and the kernel does the rest. Where that does not give this NumPy's bits (checked
+  once per process: ``exp32.matches_numpy``), or for float64, they call ``np.exp`` itself on a -|x| made by
+  ``neg_abs``.
 
 Threads: each kernel is written for a range of rows ``[lo, hi)`` (serial code, which LLVM vectorises), and a
 ``*_par`` driver gives each Numba thread one contiguous part of the rows (``prange``). Every row is computed by the
@@ -52,6 +54,8 @@ import weakref
 import numba
 import numpy as np
 from numba import njit, prange
+
+from . import exp32
 
 PW_BLOCK = 128  # NumPy's PW_BLOCKSIZE: rows up to this length are summed with 8 accumulators, longer ones split
 SERIAL_BELOW = 1 << 14  # AdamW: parameters smaller than this are updated on one thread (norm gains, lower bounds)
@@ -84,7 +88,8 @@ def _exp_neg_abs(y: np.ndarray, c0: int = 0, c1: int | None = None) -> np.ndarra
     memo = _EXP_MEMO.get(id(root))
     if memo is not None and memo[0]() is root and where in memo[1]:
         return memo[1].pop(where)                    # its one reuse: the backward of the forward that made it
-    e = exp_inplace(neg_abs(y, c0, x.shape[1]))
+    C = x.shape[1]
+    e = exp32.neg_abs_exp32(y, c0, C, _parts()) if exp32.usable(y) else exp_inplace(neg_abs(y, c0, C))
     if memo is None or memo[0]() is not root:
         memo = (weakref.ref(root, lambda _, key=id(root): _EXP_MEMO.pop(key, None)), {})
         _EXP_MEMO[id(root)] = memo
@@ -118,8 +123,11 @@ def neg_abs(y: np.ndarray, c0: int, C: int) -> np.ndarray:
 
 
 def exp_inplace(a: np.ndarray) -> np.ndarray:
-    """a = e^a with NumPy's exp, in place; a large C-contiguous array is split in two halves, one exponentiated by a
-    helper thread (NumPy lets go of the GIL inside the loop), when two or more Numba threads are set."""
+    """a = e^a with NumPy's bits, in place: ``exp32``'s kernel on every thread where it gives them (float32, see
+    ``exp32.matches_numpy``), else ``np.exp``, a large C-contiguous array split in two halves, one exponentiated
+    by a helper thread (NumPy lets go of the GIL inside the loop), when two or more Numba threads are set."""
+    if a.flags.c_contiguous and exp32.usable(a):
+        return exp32.exp32_inplace(a, _parts())
     if a.size < EXP_SPLIT_ABOVE or _parts() < 2 or not a.flags.c_contiguous:
         return np.exp(a, out=a)
     flat = a.reshape(-1)
@@ -716,6 +724,25 @@ def _ce_shift_par(x, mx, z, zt, target, P):
 
 
 @njit(cache=True, error_model="numpy")
+def _ce_shift_exp32(x, mx, p, zt, target, lo, hi):
+    """_ce_shift with the exp fused in, float32: p = e^(x - max) (exp32: np.exp's bits), zt = z at the target."""
+    N, V = x.shape
+    for r in range(lo, hi):
+        xr, pr = x[r], p[r]
+        m = mx[r]
+        for j in range(V):
+            pr[j] = exp32.exp32(xr[j] - m)
+        zt[r] = xr[max(target[r], 0)] - m
+
+
+@njit(parallel=True, cache=True)
+def _ce_shift_exp32_par(x, mx, p, zt, target, P):
+    N = x.shape[0]
+    for k in prange(P):
+        _ce_shift_exp32(x, mx, p, zt, target, k * N // P, (k + 1) * N // P)
+
+
+@njit(cache=True, error_model="numpy")
 def _ce_normalize(zt, target, zero, p, nll, lo, hi):
     N, V = p.shape
     for r in range(lo, hi):
@@ -734,7 +761,7 @@ def _ce_normalize_par(zt, target, zero, p, nll, P):
 
 
 def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
-    """Softmax and per-position NLL in three passes over the logits (max-shift, NumPy exp in place, normalize).
+    """Softmax and per-position NLL in three passes over the logits (max, shift and exp, normalize).
 
     probs = exp(z) / Σ exp(z) with z = logits - max;  nll = log Σ exp(z) - z[target] (0 where target < 0).
     Shapes: logits (N, V) float, target (N,) int (negative = unscored) -> probs (N, V), nll (N,).
@@ -743,8 +770,12 @@ def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
     target = np.ascontiguousarray(target.reshape(-1), np.int64)
     p = np.empty_like(x)
     zt = np.empty(x.shape[0], x.dtype)
-    _ce_shift_par(x, np.max(x, axis=1), p, zt, target, _parts())    # p = z = logits - max (NumPy's max: it vectorises)
-    exp_inplace(p)                                       # NumPy's exp, the reference's bits
+    mx = np.max(x, axis=1)                               # (NumPy's max: it vectorises)
+    if exp32.usable(x):
+        _ce_shift_exp32_par(x, mx, p, zt, target, _parts())   # p = e^(logits - max) in one pass, NumPy's bits
+    else:
+        _ce_shift_par(x, mx, p, zt, target, _parts())    # p = z = logits - max
+        exp_inplace(p)                                   # NumPy's exp, the reference's bits
     nll = np.empty(x.shape[0], x.dtype)
     _ce_normalize_par(zt, target, x.dtype.type(0), p, nll, _parts())
     return p, nll
