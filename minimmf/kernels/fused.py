@@ -706,26 +706,8 @@ def glu_act_backward(da: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.nda
 # ----------------------------------------------------------------------------- cross-entropy
 
 @njit(cache=True, error_model="numpy")
-def _ce_shift(x, mx, z, zt, target, lo, hi):
-    N, V = x.shape
-    for r in range(lo, hi):
-        xr, zr = x[r], z[r]
-        m = mx[r]
-        for j in range(V):
-            zr[j] = xr[j] - m
-        zt[r] = zr[max(target[r], 0)]                    # z at the target, before exp overwrites z
-
-
-@njit(parallel=True, cache=True)
-def _ce_shift_par(x, mx, z, zt, target, P):
-    N = x.shape[0]
-    for k in prange(P):
-        _ce_shift(x, mx, z, zt, target, k * N // P, (k + 1) * N // P)
-
-
-@njit(cache=True, error_model="numpy")
 def _ce_shift_exp32(x, mx, p, zt, target, lo, hi):
-    """_ce_shift with the exp fused in, float32: p = e^(x - max) (exp32: np.exp's bits), zt = z at the target."""
+    """p = e^(x - max) (exp32: np.exp's bits) and zt = z = x - max at the target, float32, one pass."""
     N, V = x.shape
     for r in range(lo, hi):
         xr, pr = x[r], p[r]
@@ -773,8 +755,9 @@ def cross_entropy_forward(logits: np.ndarray, target: np.ndarray):
     mx = np.max(x, axis=1)                               # (NumPy's max: it vectorises)
     if exp32.usable(x):
         _ce_shift_exp32_par(x, mx, p, zt, target, _parts())   # p = e^(logits - max) in one pass, NumPy's bits
-    else:
-        _ce_shift_par(x, mx, p, zt, target, _parts())    # p = z = logits - max
+    else:                                                # float64, or a NumPy whose exp exp32 does not give:
+        np.subtract(x, mx[:, None], out=p)               # p = z = logits - max
+        zt[:] = p[np.arange(len(p)), np.maximum(target, 0)]   # z at the target, before exp overwrites z
         exp_inplace(p)                                   # NumPy's exp, the reference's bits
     nll = np.empty(x.shape[0], x.dtype)
     _ce_normalize_par(zt, target, x.dtype.type(0), p, nll, _parts())
