@@ -3,9 +3,9 @@
 Why: every sigmoid of the model (the MLGRU's gates, its output gate, the GLU's SiLU) and the softmax of the loss
 need e^x, and the fast kernels promise NumPy's bits. ``np.exp`` on float32 is NumPy's own SIMD routine, not the C
 library's ``expf``; Numba's ``math.exp`` is LLVM's and differs from it in the last bit. So the kernels used to stop
-for ``np.exp``: a separate pass over memory, on one thread (two halves on two), about 2.6 ns per value on the
-development CPU, a tenth of a training step (``benchmarks/README.md``). This file writes NumPy's algorithm down
-again, operation for operation, so LLVM can vectorise it inside the kernels:
+for ``np.exp``: a separate pass over memory, on one thread (two halves on two), 2.2-2.8 ns per value on the
+development CPU (measured, ``benchmarks/README.md``, "NumPy's exp inside the kernels"). This file writes NumPy's
+algorithm down again, operation for operation, so LLVM can vectorise it inside the kernels:
 
     specification    np.exp(x) for float32 x (NumPy's ``simd_exp_FLOAT``, ``loops_exponent_log.dispatch.c.src``;
                      the same algorithm in its AVX2+FMA3 and AVX-512F variants)
