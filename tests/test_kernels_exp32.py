@@ -80,7 +80,7 @@ def test_every_7th_float32_that_is_computed_gives_numpys_bits(numpy_bits_here):
 
 @needs_jit
 def test_the_import_checks_values_give_numpys_bits(numpy_bits_here):
-    """The 78,000 values of the import-time check: spread over all bit patterns, and the edges of every case."""
+    """The 69,650 values of the first-use check: spread over all bit patterns, and the edges of every case."""
     x = exp32.probe_values()
     np.testing.assert_array_equal(_bits(_exp32(x)), _bits(_numpy_exp(x)))
 

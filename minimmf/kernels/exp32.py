@@ -23,10 +23,11 @@ operation, ``fma`` rounds once):
                                                          for k <= -125 (a subnormal result): 2^-125 first, then
                                                          one correctly rounded multiplication by 2^(k + 125)
 
-``MATCHES_NUMPY`` says whether this NumPy gives those bits: it is checked once, on import, on values spread over
-the whole range and its edges. Where it does not (another NumPy, a CPU whose NumPy takes another routine),
-``exp32_inplace`` calls ``np.exp`` and the fused kernels take NumPy's pass, as before: the bits always stay NumPy's.
-``tests/test_kernels_exp32.py`` checks every float32 on the way from -104 to 89 at a stride, and all edges.
+``matches_numpy()`` says whether this NumPy gives those bits: it is checked once per process, on first use, on
+69,650 values spread over the whole range and its edges. Where it does not (another NumPy, a CPU whose NumPy takes
+another routine), and with the JIT off, ``usable`` is False and the fused kernels (``fused.py``) take NumPy's
+``np.exp`` pass, as before: the bits always stay NumPy's. ``tests/test_kernels_exp32.py`` checks every 7th float32
+from -104 to 89, and all edges.
 """
 
 from . import _numba  # noqa: F401  (configure Numba before anything below compiles)
@@ -182,7 +183,7 @@ def _neg_abs_exp32_par(y, c0, out, P):
 
 
 def probe_values() -> np.ndarray:
-    """The values the import-time check compares with np.exp: 65,536 bit patterns spread evenly over all of
+    """The values the first-use check compares with np.exp: 65,536 bit patterns spread evenly over all of
     float32 (every exponent, both signs, NaNs and infinities among them), and the edges of every case above:
     the overflow and underflow limits and their neighbours, the subnormal results around k = -125, zeros."""
     spread = (np.arange(1 << 16, dtype=np.uint64) * 65_537).astype(np.uint32).view(np.float32)
@@ -194,7 +195,8 @@ def probe_values() -> np.ndarray:
 
 
 def _same_bits_as_numpy() -> bool:
-    """Does this process's np.exp give exp32's bits? (False with the JIT off: exp32 is compiled code.)"""
+    """Does this process's np.exp give exp32's bits? (False with the JIT off: exp32 in Python, one Fraction-exact
+    fma at a time, is far too slow to stand in for np.exp; it is tested, not used, there.)"""
     import numba
     if numba.config.DISABLE_JIT:
         return False
