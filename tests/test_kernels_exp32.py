@@ -53,7 +53,7 @@ def numpy_bits_here():
         pytest.skip("this NumPy's float32 exp is another routine, so exp32 is not used in this process")
 
 
-def test_the_import_check_finds_numpys_bits_where_numpy_runs_that_routine(numpy_bits_here):
+def test_the_first_use_check_finds_numpys_bits_where_numpy_runs_that_routine(numpy_bits_here):
     """Where NumPy's SIMD exp runs, the once-per-process check must pass (else every sigmoid would silently take
     the slower np.exp pass); with the JIT off the kernels keep np.exp (exp32 in Python is ~10^5 times slower)."""
     assert exp32.matches_numpy() is (not numba.config.DISABLE_JIT)
@@ -79,7 +79,7 @@ def test_every_7th_float32_that_is_computed_gives_numpys_bits(numpy_bits_here):
 
 
 @needs_jit
-def test_the_import_checks_values_give_numpys_bits(numpy_bits_here):
+def test_the_first_use_checks_values_give_numpys_bits(numpy_bits_here):
     """The 69,650 values of the first-use check: spread over all bit patterns, and the edges of every case."""
     x = exp32.probe_values()
     np.testing.assert_array_equal(_bits(_exp32(x)), _bits(_numpy_exp(x)))
